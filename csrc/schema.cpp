@@ -1,0 +1,38 @@
+// The one place every norm_ext op is declared. Kernels register implementations per backend at the
+// end of their own files (csrc/cpu/*.cpp, csrc/cuda/*.cu); Python adds fake kernels and autograd.
+#include <torch/library.h>
+
+TORCH_LIBRARY(norm_ext, m) {
+  // Row norms (LayerNorm / RMSNorm family). Forward ops return the output and the per-row statistics
+  // (float32, or float64 for float64 input) that the backward needs. zero_centered_weight applies
+  // (1 + weight), Gemma-style, in float32. memory_efficient does not change the forward's result: it
+  // tells the autograd formula to save the output instead of the input (the kernels ignore it).
+  m.def(
+      "layer_norm(Tensor input, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, float eps, "
+      "bool zero_centered_weight=False, bool memory_efficient=False) -> (Tensor out, Tensor mean, Tensor rstd)");
+  m.def(
+      "rms_norm(Tensor input, SymInt[] normalized_shape, Tensor? weight, float eps, "
+      "bool zero_centered_weight=False, bool memory_efficient=False) -> (Tensor out, Tensor rstd)");
+  // Fused pre-norm step: h = input + residual (stored in residual_dtype, default the residual's),
+  // out = norm(h). Returns (out, h, statistics).
+  m.def(
+      "add_layer_norm(Tensor input, Tensor residual, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, "
+      "float eps, ScalarType? residual_dtype=None, bool zero_centered_weight=False, bool memory_efficient=False) "
+      "-> (Tensor out, Tensor residual_out, Tensor mean, Tensor rstd)");
+  m.def(
+      "add_rms_norm(Tensor input, Tensor residual, SymInt[] normalized_shape, Tensor? weight, float eps, "
+      "ScalarType? residual_dtype=None, bool zero_centered_weight=False, bool memory_efficient=False) "
+      "-> (Tensor out, Tensor residual_out, Tensor rstd)");
+  // Row-norm backward. `saved` is the forward input (h for the fused ops) or, with
+  // saved_is_output=True, the forward output (memory-efficient mode: x_hat is recomputed from it).
+  // grad_residual, the gradient reaching h directly, is added to grad_input. grad_weight / grad_bias
+  // are empty when weight / bias are None.
+  m.def(
+      "layer_norm_backward(Tensor grad_out, Tensor saved, SymInt[] normalized_shape, Tensor mean, Tensor rstd, "
+      "Tensor? weight, Tensor? bias, bool zero_centered_weight=False, bool saved_is_output=False, "
+      "Tensor? grad_residual=None) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "rms_norm_backward(Tensor grad_out, Tensor saved, SymInt[] normalized_shape, Tensor rstd, Tensor? weight, "
+      "bool zero_centered_weight=False, bool saved_is_output=False, Tensor? grad_residual=None) "
+      "-> (Tensor grad_input, Tensor grad_weight)");
+}

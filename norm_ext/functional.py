@@ -1,0 +1,148 @@
+"""Functional API. Signatures and semantics follow ``torch.nn.functional``; norm_ext's extras are
+keyword-only and default to torch's behaviour."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import ops  # noqa: F401  (registers fake kernels and autograd)
+
+_ops = torch.ops.norm_ext
+
+ShapeLike = Union[int, Sequence[int], torch.Size]
+
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
+
+
+def _as_shape(normalized_shape: ShapeLike) -> list:
+    if isinstance(normalized_shape, numbers.Integral):
+        return [int(normalized_shape)]
+    return [int(s) for s in normalized_shape]
+
+
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _rms_eps(input: Tensor, eps: Optional[float]) -> float:
+    # torch.nn.functional.rms_norm's default: the machine epsilon of the input's dtype.
+    if eps is None:
+        return torch.finfo(input.dtype).eps if input.is_floating_point() else 0.0
+    return float(eps)
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    zero_centered_weight: bool = False,
+    memory_efficient: bool = False,
+) -> Tensor:
+    """Layer normalization over the trailing ``normalized_shape`` dimensions, as
+    :func:`torch.nn.functional.layer_norm`.
+
+    Statistics are accumulated in float32 (float64 for float64 input); ``weight``/``bias`` may be
+    float32 while ``input`` is bf16/fp16, and the output has the input's dtype.
+
+    Args:
+        zero_centered_weight: scale by ``1 + weight`` (Gemma-style), the 1 added in float32.
+        memory_efficient: save the output instead of the input for the backward and recompute the
+            normalized input from it (saves one activation; a weight element of exactly 0 then gives
+            a non-finite gradient, as in Apex).
+    """
+    _check_tensor("input", input)
+    out, _, _ = _ops.layer_norm(
+        input, _as_shape(normalized_shape), weight, bias, float(eps), zero_centered_weight, memory_efficient
+    )
+    return out
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[Tensor] = None,
+    eps: Optional[float] = None,
+    *,
+    zero_centered_weight: bool = False,
+    memory_efficient: bool = False,
+) -> Tensor:
+    """Root-mean-square normalization, as :func:`torch.nn.functional.rms_norm`:
+    ``input / sqrt(mean(input**2) + eps) * weight`` over the trailing ``normalized_shape`` dims.
+
+    ``eps=None`` uses ``torch.finfo(input.dtype).eps``, as torch does. Extras as in :func:`layer_norm`.
+    """
+    _check_tensor("input", input)
+    out, _ = _ops.rms_norm(
+        input, _as_shape(normalized_shape), weight, _rms_eps(input, eps), zero_centered_weight, memory_efficient
+    )
+    return out
+
+
+def add_layer_norm(
+    input: Tensor,
+    residual: Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    residual_dtype: Optional[torch.dtype] = None,
+    *,
+    zero_centered_weight: bool = False,
+    memory_efficient: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """The pre-norm transformer step in one kernel: ``h = input + residual``, returns
+    ``(layer_norm(h), h)``.
+
+    ``h`` is stored in ``residual_dtype`` (default: the residual's dtype), so
+    ``residual_dtype=torch.float32`` keeps the residual stream in fp32 while ``input`` is bf16. The
+    norm is computed from ``h`` as stored.
+    """
+    _check_tensor("input", input)
+    _check_tensor("residual", residual)
+    out, h, _, _ = _ops.add_layer_norm(
+        input,
+        residual,
+        _as_shape(normalized_shape),
+        weight,
+        bias,
+        float(eps),
+        residual_dtype,
+        zero_centered_weight,
+        memory_efficient,
+    )
+    return out, h
+
+
+def add_rms_norm(
+    input: Tensor,
+    residual: Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[Tensor] = None,
+    eps: Optional[float] = None,
+    residual_dtype: Optional[torch.dtype] = None,
+    *,
+    zero_centered_weight: bool = False,
+    memory_efficient: bool = False,
+) -> Tuple[Tensor, Tensor]:
+    """``h = input + residual``; returns ``(rms_norm(h), h)`` from one kernel. See :func:`add_layer_norm`."""
+    _check_tensor("input", input)
+    _check_tensor("residual", residual)
+    out, h, _ = _ops.add_rms_norm(
+        input,
+        residual,
+        _as_shape(normalized_shape),
+        weight,
+        _rms_eps(input, eps),
+        residual_dtype,
+        zero_centered_weight,
+        memory_efficient,
+    )
+    return out, h

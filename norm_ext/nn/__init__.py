@@ -1,0 +1,5 @@
+"""Modules. Constructors match torch.nn, and state_dicts are interchangeable with torch.nn's."""
+
+from .normalization import LayerNorm, RMSNorm
+
+__all__ = ["LayerNorm", "RMSNorm"]

@@ -1,0 +1,163 @@
+"""Python side of the norm_ext ops: fake kernels (shape logic for torch.compile) and autograd.
+
+The ops themselves are declared in ``csrc/schema.cpp`` and implemented per backend in C++/CUDA.
+Each autograd formula's backward calls the matching backward op, so gradients run in our kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.norm_ext
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _row_stats_like(input: Tensor, normalized_ndim: int) -> Tensor:
+    return input.new_empty(input.shape[: input.dim() - normalized_ndim], dtype=_acc_dtype(input.dtype))
+
+
+def _param_grad_like(param: Optional[Tensor], ref: Tensor) -> Tensor:
+    return torch.empty_like(param) if param is not None else ref.new_empty((0,))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row norms: layer_norm, rms_norm and their fused residual-add forms.
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("norm_ext::layer_norm")
+def _layer_norm_fake(input, normalized_shape, weight, bias, eps, zero_centered_weight=False, memory_efficient=False):
+    stats = _row_stats_like(input, len(normalized_shape))
+    return torch.empty_like(input, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("norm_ext::rms_norm")
+def _rms_norm_fake(input, normalized_shape, weight, eps, zero_centered_weight=False, memory_efficient=False):
+    return torch.empty_like(input, memory_format=torch.contiguous_format), _row_stats_like(input, len(normalized_shape))
+
+
+def _residual_stream_dtype(residual: Tensor, residual_dtype: Optional[torch.dtype]) -> torch.dtype:
+    return residual_dtype if residual_dtype is not None else residual.dtype
+
+
+@torch.library.register_fake("norm_ext::add_layer_norm")
+def _add_layer_norm_fake(
+    input, residual, normalized_shape, weight, bias, eps, residual_dtype=None, zero_centered_weight=False,
+    memory_efficient=False,
+):
+    stats = _row_stats_like(input, len(normalized_shape))
+    out = torch.empty_like(input, memory_format=torch.contiguous_format)
+    h = torch.empty_like(out, dtype=_residual_stream_dtype(residual, residual_dtype))
+    return out, h, stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("norm_ext::add_rms_norm")
+def _add_rms_norm_fake(
+    input, residual, normalized_shape, weight, eps, residual_dtype=None, zero_centered_weight=False,
+    memory_efficient=False,
+):
+    out = torch.empty_like(input, memory_format=torch.contiguous_format)
+    h = torch.empty_like(out, dtype=_residual_stream_dtype(residual, residual_dtype))
+    return out, h, _row_stats_like(input, len(normalized_shape))
+
+
+@torch.library.register_fake("norm_ext::layer_norm_backward")
+def _layer_norm_backward_fake(
+    grad_out, saved, normalized_shape, mean, rstd, weight, bias, zero_centered_weight=False, saved_is_output=False,
+    grad_residual=None,
+):
+    grad_input = torch.empty_like(saved, memory_format=torch.contiguous_format)
+    return grad_input, _param_grad_like(weight, grad_out), _param_grad_like(bias, grad_out)
+
+
+@torch.library.register_fake("norm_ext::rms_norm_backward")
+def _rms_norm_backward_fake(
+    grad_out, saved, normalized_shape, rstd, weight, zero_centered_weight=False, saved_is_output=False,
+    grad_residual=None,
+):
+    grad_input = torch.empty_like(saved, memory_format=torch.contiguous_format)
+    return grad_input, _param_grad_like(weight, grad_out)
+
+
+# The forward ops' inputs, by position, that the autograd formulas need.
+_LN, _RMS, _ADD_LN, _ADD_RMS = "layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"
+_ARGS = {
+    _LN: ("input", "normalized_shape", "weight", "bias", "eps", "zero_centered_weight", "memory_efficient"),
+    _RMS: ("input", "normalized_shape", "weight", "eps", "zero_centered_weight", "memory_efficient"),
+    _ADD_LN: (
+        "input", "residual", "normalized_shape", "weight", "bias", "eps", "residual_dtype", "zero_centered_weight",
+        "memory_efficient",
+    ),
+    _ADD_RMS: (
+        "input", "residual", "normalized_shape", "weight", "eps", "residual_dtype", "zero_centered_weight",
+        "memory_efficient",
+    ),
+}
+
+
+def _make_row_norm_autograd(name: str):
+    names = _ARGS[name]
+    rms = "bias" not in names
+    fused = "residual" in names
+
+    def setup_context(ctx, inputs, output):
+        args = dict(zip(names, inputs))
+        ctx.normalized_shape = list(args["normalized_shape"])
+        ctx.zero_centered = bool(args.get("zero_centered_weight", False))
+        ctx.memory_efficient = bool(args.get("memory_efficient", False))
+        ctx.input_dtype = args["input"].dtype
+        ctx.residual_dtype = args["residual"].dtype if fused else None
+        ctx.has_weight = args["weight"] is not None
+        ctx.has_bias = args.get("bias") is not None
+        out = output[0]
+        stream = output[1] if fused else args["input"]
+        rstd = output[-1]
+        mean = None if rms else output[-2]
+        ctx.save_for_backward(out if ctx.memory_efficient else stream, mean, rstd, args["weight"], args.get("bias"))
+
+    def backward(ctx, grad_out, *grads):
+        saved, mean, rstd, weight, bias = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = saved.new_zeros(saved.shape, dtype=ctx.input_dtype)
+        grad_stream = grads[0] if fused else None
+        # The backward op adds grad_residual in the saved tensor's dtype; in memory-efficient mode the
+        # saved tensor is the output, whose dtype can differ from the residual stream's.
+        fuse_grad_stream = grad_stream is not None and grad_stream.dtype == saved.dtype
+        common = dict(
+            zero_centered_weight=ctx.zero_centered,
+            saved_is_output=ctx.memory_efficient,
+            grad_residual=grad_stream if fuse_grad_stream else None,
+        )
+        if rms:
+            grad_h, grad_weight = _ops.rms_norm_backward(grad_out, saved, ctx.normalized_shape, rstd, weight, **common)
+            grad_bias = None
+        else:
+            grad_h, grad_weight, grad_bias = _ops.layer_norm_backward(
+                grad_out, saved, ctx.normalized_shape, mean, rstd, weight, bias, **common
+            )
+        if grad_stream is not None and not fuse_grad_stream:
+            grad_h = grad_h.to(grad_stream.dtype) + grad_stream
+        grad_weight = grad_weight if ctx.has_weight else None
+        grad_bias = grad_bias if ctx.has_bias else None
+        if fused:
+            grad_input = grad_h.to(ctx.input_dtype)
+            grad_residual = grad_h.to(ctx.residual_dtype)
+            if rms:
+                return grad_input, grad_residual, None, grad_weight, None, None, None, None
+            return grad_input, grad_residual, None, grad_weight, grad_bias, None, None, None, None
+        grad_input = grad_h.to(ctx.input_dtype)
+        if rms:
+            return grad_input, None, grad_weight, None, None, None
+        return grad_input, None, grad_weight, grad_bias, None, None, None
+
+    torch.library.register_autograd(f"norm_ext::{name}", backward, setup_context=setup_context)
+
+
+for _name in _ARGS:
+    _make_row_norm_autograd(_name)

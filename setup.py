@@ -1,0 +1,99 @@
+"""Wheel build for norm_ext.
+
+CUDA is decided from the installed torch (``torch.version.cuda``) and a CUDA toolkit (nvcc), never
+from whether a GPU is visible, so a GPU-less build host produces the CUDA kernels too.
+
+Environment:
+  NORM_EXT_CUDA=0|1       force a CPU-only build / require CUDA (default: auto).
+  TORCH_CUDA_ARCH_LIST    GPU architectures (default: the visible GPU's, else "8.0;9.0+PTX").
+  MAX_JOBS                parallel compile jobs (ninja).
+  CUDA_HOME               CUDA toolkit (default: /usr/local/cuda when it has nvcc).
+"""
+
+import glob
+import importlib.util
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def _locate_cuda_home():
+    # torch guesses CUDA_HOME from the nvcc on PATH; a wrapper script in /usr/local/bin then yields
+    # /usr/local, which has no lib64 and the link fails. Prefer an explicit or canonical toolkit.
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if candidate and os.path.isfile(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    return None
+
+
+cuda_home = _locate_cuda_home()
+if cuda_home:
+    os.environ["CUDA_HOME"] = cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    request = os.environ.get("NORM_EXT_CUDA", "auto").strip().lower()
+    if request not in ("0", "1", "auto"):
+        sys.exit(f"norm_ext: NORM_EXT_CUDA must be 0, 1 or unset, got {request!r}")
+    have = torch.version.cuda is not None and cuda_home is not None
+    if request == "1" and not have:
+        why = "torch is a CPU-only build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) found"
+        sys.exit(f"norm_ext: NORM_EXT_CUDA=1 but {why}; set CUDA_HOME or install a CUDA build of torch")
+    return have and request != "0", request
+
+
+def _extra_cuda_include_dirs():
+    # pip's CUDA wheels ship cuBLAS/cuSPARSE headers that torch's headers include.
+    spec = importlib.util.find_spec("nvidia")
+    dirs = []
+    for base in spec.submodule_search_locations if spec else []:
+        dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+    return dirs
+
+
+def _extension():
+    with_cuda, request = _want_cuda()
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-fvisibility=hidden"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        include_dirs += _extra_cuda_include_dirs()
+        ext = CUDAExtension(
+            "norm_ext._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=[("NORM_EXT_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]},
+        )
+    else:
+        ext = CppExtension("norm_ext._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    print(
+        "norm_ext build configuration:\n"
+        f"  torch {torch.__version__} (CUDA {torch.version.cuda})\n"
+        f"  NORM_EXT_CUDA={request} -> {'CUDA + CPU kernels' if with_cuda else 'CPU kernels only'}\n"
+        f"  CUDA_HOME={cuda_home}\n"
+        f"  TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default)') if with_cuda else '-'}\n"
+        f"  MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}\n"
+        f"  extra include dirs={include_dirs[1:]}",
+        flush=True,
+    )
+    if not with_cuda and request == "auto":
+        print("norm_ext: building without CUDA kernels (CPU-only torch or no nvcc)", flush=True)
+    return ext
+
+
+setup(
+    packages=find_packages(include=["norm_ext", "norm_ext.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
