@@ -36,44 +36,47 @@ constexpr int64_t kGrainElements = 1 << 15;
 // kSumChunk / lanes + n / kSumChunk rather than with n.
 constexpr int64_t kSumChunk = 1024;
 
+// sum(p - shift). Summing deviations from a value inside the row keeps the mean of a row with a large
+// offset (1e4 + 1e-2 * noise) exact to fp32 roundoff of the deviations, not of the offset.
 template <typename acc_t>
-acc_t chunked_sum(const acc_t* p, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  acc_t total = 0;
-  for (int64_t start = 0; start < n; start += kSumChunk) {
-    const int64_t end = std::min(n, start + kSumChunk);
-    Vec acc0(0), acc1(0);
-    int64_t i = start;
-    for (; i + 2 * kLanes <= end; i += 2 * kLanes) {
-      acc0 += Vec::loadu(p + i);
-      acc1 += Vec::loadu(p + i + kLanes);
-    }
-    for (; i + kLanes <= end; i += kLanes) acc0 += Vec::loadu(p + i);
-    acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc0 + acc1);
-    for (; i < end; ++i) s += p[i];
-    total += s;
-  }
-  return total;
-}
-
-// sum((p - shift)^2), or sum(p^2) with shift = 0: the second pass of a two-pass variance.
-template <typename acc_t>
-acc_t chunked_sum_sq_dev(const acc_t* p, int64_t n, acc_t shift) {
+acc_t chunked_sum(const acc_t* p, int64_t n, acc_t shift = acc_t(0)) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size();
   const Vec vshift(shift);
   acc_t total = 0;
   for (int64_t start = 0; start < n; start += kSumChunk) {
     const int64_t end = std::min(n, start + kSumChunk);
+    Vec acc0(0), acc1(0);
+    int64_t i = start;
+    for (; i + 2 * kLanes <= end; i += 2 * kLanes) {
+      acc0 += Vec::loadu(p + i) - vshift;
+      acc1 += Vec::loadu(p + i + kLanes) - vshift;
+    }
+    for (; i + kLanes <= end; i += kLanes) acc0 += Vec::loadu(p + i) - vshift;
+    acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc0 + acc1);
+    for (; i < end; ++i) s += p[i] - shift;
+    total += s;
+  }
+  return total;
+}
+
+// sum(((p - shift) - delta)^2): the second pass of a two-pass variance around mean = shift + delta.
+template <typename acc_t>
+acc_t chunked_sum_sq_dev(const acc_t* p, int64_t n, acc_t shift, acc_t delta) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  const Vec vshift(shift), vdelta(delta);
+  acc_t total = 0;
+  for (int64_t start = 0; start < n; start += kSumChunk) {
+    const int64_t end = std::min(n, start + kSumChunk);
     Vec acc(0);
     int64_t i = start;
     for (; i + kLanes <= end; i += kLanes) {
-      const Vec d = Vec::loadu(p + i) - vshift;
+      const Vec d = (Vec::loadu(p + i) - vshift) - vdelta;
       acc = at::vec::fmadd(d, d, acc);
     }
     acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc);
-    for (; i < end; ++i) s += (p[i] - shift) * (p[i] - shift);
+    for (; i < end; ++i) s += ((p[i] - shift) - delta) * ((p[i] - shift) - delta);
     total += s;
   }
   return total;
@@ -156,22 +159,23 @@ void row_norm_fwd_cpu(const in_t* x, const h_t* residual, h_t* residual_out, in_
         h = buf.data();
       }
       const acc_t n = static_cast<acc_t>(cols);
-      const acc_t mu = flags.rms ? acc_t(0) : chunked_sum(h, cols) / n;
-      const acc_t r = acc_t(1) / std::sqrt(chunked_sum_sq_dev(h, cols, mu) / n + static_cast<acc_t>(eps));
-      if (mean != nullptr) mean[row] = mu;
+      const acc_t shift = flags.rms ? acc_t(0) : h[0];
+      const acc_t delta = flags.rms ? acc_t(0) : chunked_sum(h, cols, shift) / n;
+      const acc_t r = acc_t(1) / std::sqrt(chunked_sum_sq_dev(h, cols, shift, delta) / n + static_cast<acc_t>(eps));
+      if (mean != nullptr) mean[row] = shift + delta;
       rstd[row] = r;
 
       acc_t* out = std::is_same_v<in_t, acc_t> ? reinterpret_cast<acc_t*>(y + off) : buf.data();
-      const Vec vmu(mu), vr(r);
+      const Vec vshift(shift), vdelta(delta), vr(r);
       int64_t i = 0;
       for (; i + kLanes <= cols; i += kLanes) {
-        Vec v = (Vec::loadu(h + i) - vmu) * vr;
+        Vec v = ((Vec::loadu(h + i) - vshift) - vdelta) * vr;
         if (w != nullptr) v = v * Vec::loadu(w + i);
         if (b != nullptr) v = v + Vec::loadu(b + i);
         v.store(out + i);
       }
       for (; i < cols; ++i) {
-        acc_t v = (h[i] - mu) * r;
+        acc_t v = ((h[i] - shift) - delta) * r;
         if (w != nullptr) v *= w[i];
         if (b != nullptr) v += b[i];
         out[i] = v;

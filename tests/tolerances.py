@@ -1,0 +1,32 @@
+"""Per-dtype tolerances against float64 references, shared by the test modules.
+
+The dominant error of a low-precision kernel that accumulates in fp32 is the final rounding of its
+output, so the tolerances follow each dtype's unit roundoff; gradients that sum over many rows get a
+looser relative bound.
+"""
+
+import torch
+
+# dtype -> (rtol, atol) for values of magnitude about 1.
+FORWARD = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 4e-3),
+    torch.bfloat16: (1.6e-2, 3.2e-2),
+}
+BACKWARD = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 8e-2),
+}
+
+
+def assert_close_to_reference(actual, expected, dtype, table=FORWARD, what=""):
+    """Compare with a float64 reference; atol scales with the reference's magnitude."""
+    rtol, atol = table[dtype]
+    expected = expected.detach().to(torch.float64)
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.detach().to(torch.float64).cpu(), expected.cpu(), rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}"
+    )
