@@ -1,0 +1,69 @@
+#pragma once
+// Type-erased entry points of the CPU row-norm kernels (LayerNorm / RMSNorm, plain or with a fused
+// residual add), one set per instruction set; see isa.h. Pointers are contiguous rows x cols
+// buffers; statistics and affine parameters are in the accumulation type (float, or double for
+// double input), parameters already converted (and offset by 1 when zero-centred) by the caller.
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "cpu/isa.h"
+
+namespace norm_ext::cpu {
+
+struct RowNormFwdArgs {
+  at::ScalarType in_dtype;  // input and output
+  at::ScalarType h_dtype;   // the normalised row as stored: the input's dtype, or the residual stream's
+  const void* x;
+  const void* residual;  // null for the plain ops
+  void* residual_out;
+  void* y;
+  void* mean;  // null for RMSNorm
+  void* rstd;
+  const void* w;  // null when absent
+  const void* b;
+  int64_t rows;
+  int64_t cols;
+  double eps;
+  bool rms;
+};
+
+struct RowNormBwdArgs {
+  at::ScalarType in_dtype;     // grad_out
+  at::ScalarType saved_dtype;  // saved tensor, grad_residual and grad_input
+  const void* dy;
+  const void* saved;
+  const void* grad_residual;  // null when absent
+  void* dx;
+  const void* mean;  // null for RMSNorm or saved_is_output
+  const void* rstd;
+  const void* w;
+  const void* b;  // only read when saved_is_output
+  void* dw;       // null when not wanted
+  void* db;
+  int64_t rows;
+  int64_t cols;
+  bool saved_is_output;
+  bool rms;
+};
+
+namespace isa_default {
+void row_norm_fwd(const RowNormFwdArgs& args);
+void row_norm_bwd(const RowNormBwdArgs& args);
+}  // namespace isa_default
+
+namespace isa_avx2 {
+void row_norm_fwd(const RowNormFwdArgs& args);
+void row_norm_bwd(const RowNormBwdArgs& args);
+}  // namespace isa_avx2
+
+inline void row_norm_fwd(const RowNormFwdArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::row_norm_fwd(args) : isa_default::row_norm_fwd(args);
+}
+
+inline void row_norm_bwd(const RowNormBwdArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::row_norm_bwd(args) : isa_default::row_norm_bwd(args);
+}
+
+}  // namespace norm_ext::cpu
