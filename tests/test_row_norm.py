@@ -1,5 +1,9 @@
 """LayerNorm and RMSNorm: parity with float64 references, autograd, opcheck, compile and bad input."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import DEVICES, needs_cuda
@@ -246,3 +250,13 @@ def test_weight_on_another_device_raises():
     x = torch.randn(4, 8, device="cuda")
     with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
         norm_ext.layer_norm(x, (8,), torch.ones(8))
+
+
+def test_baseline_isa_kernels_match_reference():
+    # The CPU kernels exist twice (baseline and AVX2, picked at run time); this session's process uses
+    # the AVX2 ones where the CPU has them, so the baseline build runs in a child process.
+    env = {**os.environ, "NORM_EXT_CPU_ISA": "default"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "parity and cpu and not n300000"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout
