@@ -140,7 +140,8 @@ def add_rms_norm(
         residual,
         _as_shape(normalized_shape),
         weight,
-        _rms_eps(input, eps),
+        # The normalised tensor is h, so torch's default eps follows h's dtype, not the input's.
+        torch.finfo(residual_dtype or residual.dtype).eps if eps is None else float(eps),
         residual_dtype,
         zero_centered_weight,
         memory_efficient,

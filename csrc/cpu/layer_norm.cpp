@@ -40,6 +40,12 @@ std::vector<at::Tensor> row_norm_forward(const char* op, const at::Tensor& input
   TORCH_CHECK(input_.device().is_cpu(), op, ": expected a CPU input, got ", input_.device());
   at::ScalarType h_dtype = input_.scalar_type();
   if (residual_ != nullptr) h_dtype = check_add_norm_inputs(op, input_, *residual_, residual_dtype);
+  if (residual_ != nullptr && add_norm_needs_unfused_sum(*residual_, h_dtype)) {
+    const at::Tensor h = residual_stream_unfused(input_, *residual_, h_dtype);
+    auto result = row_norm_forward(op, h, nullptr, std::nullopt, normalized_shape, weight, bias, eps, zero_centered, rms);
+    result.insert(result.begin() + 1, h);
+    return result;
+  }
 
   const at::Tensor input = input_.contiguous();
   const auto stat_shape = row_stat_shape(input, static_cast<int64_t>(normalized_shape.size()));
