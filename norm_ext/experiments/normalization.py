@@ -102,10 +102,25 @@ def block_grad_norms(model: DecoderLM) -> List[float]:
     return norms
 
 
-def train_config(norm: str, position: str, data: List[List[int]], vocab_size: int, s: Settings) -> Dict:
+def heldout_losses(model: DecoderLM, heldout: List[List[int]], max_len: int, batch_size: int) -> Dict[str, float]:
+    """Loss on held-out padded batches with the model in eval mode (running statistics) and in train
+    mode (batch statistics). Norms without batch statistics give the same number twice."""
+    batches = [make_batch(heldout[i : i + batch_size], max_len) for i in range(0, len(heldout), batch_size)]
+    result = {}
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            model.train(mode == "train")
+            result[mode] = sum(model.loss(t, m).item() for t, m in batches) / len(batches)
+    model.eval()
+    return result
+
+
+def train_config(
+    norm: str, position: str, data: List[List[int]], heldout: List[List[int]], vocab_size: int, s: Settings
+) -> Dict:
     torch.manual_seed(s.seed)
     rng = random.Random(s.seed)
-    max_len = max(len(x) for x in data)
+    max_len = max(len(x) for x in data + heldout)
     model = DecoderLM(vocab_size, s.d_model, s.n_layers, s.n_heads, max_len, norm=norm, norm_position=position)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
     checkpoints = sorted(
@@ -124,12 +139,14 @@ def train_config(norm: str, position: str, data: List[List[int]], vocab_size: in
         if not math.isfinite(losses[-1]):
             break
         optimizer.step()
+    seconds = time.perf_counter() - start
     return {
         "norm": norm,
         "norm_position": position,
         "losses": losses,
         "grad_norms": {str(k): v for k, v in grad_norms.items()},
-        "seconds": time.perf_counter() - start,
+        "heldout_loss": heldout_losses(model, heldout, max_len, s.batch_size),
+        "seconds": seconds,
         "model": model,
     }
 
@@ -222,7 +239,8 @@ def summarize(runs: List[Dict], skipped: List[Tuple[str, str, str]], drift: Dict
         lines.append(
             f"- {name}: loss {losses[0]:.3f} -> {final:.3f} (mean of last {tail} steps)"
             f"{'' if finite else ' DIVERGED (non-finite loss)'}; grad norm at init, last block / first block = "
-            f"{ratio:.2f} ({', '.join(f'{g:.3g}' for g in init)}); {r['seconds']:.1f} s"
+            f"{ratio:.2f} ({', '.join(f'{g:.3g}' for g in init)}); held-out loss {r['heldout_loss']['eval']:.3f} in "
+            f"eval mode, {r['heldout_loss']['train']:.3f} with batch statistics; {r['seconds']:.1f} s"
         )
     for norm, position, reason in skipped:
         lines.append(f"- {position}-{norm}: not run: {reason}")
@@ -267,10 +285,15 @@ def plot(runs: List[Dict], drift: Dict, path: str) -> bool:
     for r in runs:
         label = f"{r['norm_position']}-{r['norm']}"
         axes[0].plot(r["losses"], label=label)
-        axes[1].plot(range(1, len(r["grad_norms"]["0"]) + 1), r["grad_norms"]["0"], marker="o", label=label)
+        line = axes[1].plot(range(1, len(r["grad_norms"]["0"]) + 1), r["grad_norms"]["0"], marker="o", label=label)
+        last = r["grad_norms"][max(r["grad_norms"], key=int)]
+        axes[1].plot(range(1, len(last) + 1), last, linestyle="--", color=line[0].get_color())
     axes[0].set(title="training loss", xlabel="step", ylabel="cross-entropy")
     axes[1].set(
-        title="gradient norm per block at init", xlabel="block (input -> output)", ylabel="||grad||", yscale="log"
+        title="gradient norm per block: init (solid), last checkpoint (dashed)",
+        xlabel="block (input -> output)",
+        ylabel="||grad||",
+        yscale="log",
     )
     per_batch = drift["per_batch"]
     axes[2].scatter([b["pad_fraction"] for b in per_batch], [b["mean_shift_in_std"] for b in per_batch])
@@ -289,7 +312,9 @@ def run(settings: Settings, out_dir: str, log=print) -> Dict:
     os.makedirs(out_dir, exist_ok=True)
     corpus = generate_corpus(settings.num_sentences, settings.seed)
     tokenizer = CharTokenizer(corpus)
-    data = [tokenizer.encode(x) for x in corpus]
+    encoded = [tokenizer.encode(x) for x in corpus]
+    num_heldout = max(settings.batch_size, len(encoded) // 10)
+    data, heldout = encoded[num_heldout:], encoded[:num_heldout]
     runs, skipped = [], []
     for norm in NORMS:
         for position in NORM_POSITIONS:
@@ -298,7 +323,7 @@ def run(settings: Settings, out_dir: str, log=print) -> Dict:
                 skipped.append((norm, position, f"norm_ext.nn.{missing} is not in this build"))
                 continue
             log(f"training {position}-{norm} ...")
-            runs.append(train_config(norm, position, data, tokenizer.vocab_size, settings))
+            runs.append(train_config(norm, position, data, heldout, tokenizer.vocab_size, settings))
     if not runs:
         raise RuntimeError("no configuration could run in this build")
     drift = measure_padding_drift(runs[0]["model"], data, settings, random.Random(settings.seed + 1))
