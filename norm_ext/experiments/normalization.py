@@ -295,6 +295,7 @@ def plot(runs: List[Dict], drift: Dict, path: str) -> bool:
         ylabel="||grad||",
         yscale="log",
     )
+    axes[1].set_xticks(range(1, len(runs[0]["grad_norms"]["0"]) + 1))
     per_batch = drift["per_batch"]
     axes[2].scatter([b["pad_fraction"] for b in per_batch], [b["mean_shift_in_std"] for b in per_batch])
     axes[2].set(
