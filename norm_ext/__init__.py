@@ -10,15 +10,20 @@ from . import _C  # noqa: F401  (loads the shared library, which registers the o
 from . import ops  # noqa: F401  (fake kernels and autograd formulas)
 from . import functional, nn
 from .functional import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+from .patching import ReplaceReport, replace_norms
+from . import models
 
 __all__ = [
     "functional",
     "nn",
+    "models",
     "layer_norm",
     "rms_norm",
     "add_layer_norm",
     "add_rms_norm",
     "has_cuda_kernels",
+    "replace_norms",
+    "ReplaceReport",
 ]
 
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """Modules. Constructors match torch.nn, and state_dicts are interchangeable with torch.nn's."""
 
+from .fused import AddLayerNorm, AddRMSNorm
 from .normalization import LayerNorm, RMSNorm
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "RMSNorm", "AddLayerNorm", "AddRMSNorm"]
