@@ -373,15 +373,6 @@ def test_torch_compile_fullgraph_add_norm_module(module_cls):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
-# Known defects of the row-norm code, kept as strict xfails so that the fix flips them to failures
-# that ask for the marker's removal.
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="add_rms_norm(eps=None) takes finfo(input.dtype).eps (bf16: 7.8e-3) although the norm runs on the "
-    "fp32 stream h, whose unfused rms_norm(h) default is finfo(float32).eps",
-)
 def test_rms_default_eps_for_fp32_stream_follows_the_stream():
     # Small activations make the difference visible: mean(h**2) ~ 2e-4 is swamped by eps = 7.8e-3.
     x = (torch.randn(4, 64) * 1e-2).to(torch.bfloat16)
@@ -391,13 +382,9 @@ def test_rms_default_eps_for_fp32_stream_follows_the_stream():
     _assert_close(out, expected, torch.bfloat16, FORWARD_TOL, "output")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the kernels round an fp32 residual to residual_dtype before the add, so h = x + residual is "
-    "rounded twice when residual_dtype is narrower than the residual",
-)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_stream_is_rounded_once(kind):
+    # An fp32 residual into an fp16 stream: h = x + residual must be rounded once, after the add.
     x = torch.randn(256, 64, dtype=torch.float16)
     r = torch.randn(256, 64) * 100
     fn = norm_ext.add_layer_norm if kind == "layer" else norm_ext.add_rms_norm
