@@ -161,3 +161,25 @@ def _make_row_norm_autograd(name: str):
 
 for _name in _ARGS:
     _make_row_norm_autograd(_name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backward ops have no derivative of their own. Registering a formula that raises makes a double
+# backward (create_graph=True, then differentiating the gradient) fail loudly; without it autograd
+# would only warn and treat the gradient as a constant.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _forbid_double_backward(qualname: str) -> None:
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{qualname} has no derivative: double backward through norm_ext is not supported")
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+
+
+for _qualname in sorted(torch._C._dispatch_get_all_op_names()):
+    if _qualname.startswith("norm_ext::") and _qualname.endswith("_backward"):
+        _forbid_double_backward(_qualname)

@@ -260,3 +260,12 @@ def test_baseline_isa_kernels_match_reference():
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_double_backward_raises(kind):
+    x = torch.randn(4, 16, dtype=torch.float64, requires_grad=True)
+    y = norm_ext.layer_norm(x, (16,)) if kind == "layer" else norm_ext.rms_norm(x, (16,))
+    (gx,) = torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward through norm_ext is not supported"):
+        gx.sum().backward()
