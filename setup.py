@@ -54,7 +54,7 @@ def _extra_cuda_include_dirs():
     spec = importlib.util.find_spec("nvidia")
     dirs = []
     for base in spec.submodule_search_locations if spec else []:
-        dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(base, "cu[0-9]*", "include")))
     return dirs
 
 
@@ -71,12 +71,12 @@ def _extension():
         ext = CUDAExtension(
             "norm_ext._C",
             sources,
-            include_dirs=include_dirs,
+            include_dirs=list(include_dirs),
             define_macros=[("NORM_EXT_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]},
         )
     else:
-        ext = CppExtension("norm_ext._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("norm_ext._C", sources, include_dirs=list(include_dirs), extra_compile_args={"cxx": cxx})
     print(
         "norm_ext build configuration:\n"
         f"  torch {torch.__version__} (CUDA {torch.version.cuda})\n"
