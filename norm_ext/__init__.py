@@ -10,6 +10,8 @@ from . import _C  # noqa: F401  (loads the shared library, which registers the o
 from . import ops  # noqa: F401  (fake kernels and autograd formulas)
 from . import functional, nn
 from .functional import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+from .fold import FoldReport, fold_batchnorm
+from .parametrizations import remove_weight_norm, weight_norm
 
 __all__ = [
     "functional",
@@ -18,6 +20,10 @@ __all__ = [
     "rms_norm",
     "add_layer_norm",
     "add_rms_norm",
+    "weight_norm",
+    "remove_weight_norm",
+    "fold_batchnorm",
+    "FoldReport",
     "has_cuda_kernels",
 ]
 
