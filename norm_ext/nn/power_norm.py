@@ -25,7 +25,8 @@ class PowerNorm(torch.nn.Module):
     and the gradient is exact (the running Gamma is neither used nor updated).
 
     Buffers: ``running_phi`` and ``ema_gz`` (float32, or the dtype the module is cast to; keep them
-    float32 for fp16/bf16 input) and ``iters``, the number of training steps taken.
+    float32 for fp16/bf16 input) and ``iters``, the number of training steps taken. State dicts of the
+    authors' MaskPowerNorm (buffers shaped (1, C, 1, 1) and (1,)) load too.
     """
 
     def __init__(
@@ -78,6 +79,14 @@ class PowerNorm(torch.nn.Module):
             f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
             f"affine={self.affine}, warmup_iters={self.warmup_iters}, group_num={self.group_num}"
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The authors' MaskPowerNorm stores running_phi / ema_gz as (1, C, 1, 1) and iters as (1,).
+        for name, shape in (("running_phi", (self.num_features,)), ("ema_gz", (self.num_features,)), ("iters", ())):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor) and value.shape != shape and value.numel() == max(1, sum(shape)):
+                state_dict[prefix + name] = value.reshape(shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _group_scaling(self, input: Tensor) -> Tensor:
         groups = input.reshape(*input.shape[:-1], self.group_num, self.num_features // self.group_num)
