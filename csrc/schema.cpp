@@ -35,4 +35,29 @@ TORCH_LIBRARY(norm_ext, m) {
       "rms_norm_backward(Tensor grad_out, Tensor saved, SymInt[] normalized_shape, Tensor rstd, Tensor? weight, "
       "bool zero_centered_weight=False, bool saved_is_output=False, Tensor? grad_residual=None) "
       "-> (Tensor grad_input, Tensor grad_weight)");
+
+  // ---- Weight normalization, PowerNorm (issue 4b) ----
+  // weight_norm: w = g * v / ||v||, the 2-norm taken over every dim of v except `dim` (None: over the
+  // whole tensor, g then has one element). g has v's rank with size 1 except at `dim`. `norm` (float32,
+  // float64 for float64 v; g's shape) is what the backward needs.
+  m.def("weight_norm(Tensor v, Tensor g, int? dim) -> (Tensor w, Tensor norm)");
+  m.def(
+      "weight_norm_backward(Tensor grad_w, Tensor v, Tensor g, Tensor norm, int? dim) "
+      "-> (Tensor grad_v, Tensor grad_g)");
+  // PowerNorm over (B, T, C) input. power_norm_stats returns the per-channel sum of squares over the
+  // tokens that are not padding (mask: (B, T) bool, True = pad) and the number of such tokens, both
+  // float32 (float64 for float64 input), so ranks can all-reduce them before dividing.
+  m.def("power_norm_stats(Tensor input, Tensor? pad_mask) -> (Tensor sum_sq, Tensor count)");
+  // y = input * scale * weight + bias with a per-channel scale (1 / psi). The backward is the paper's
+  // approximate one: with z = input * scale and g = grad_out * weight, grad_input = (g - (1 - alpha_bkw)
+  // * ema_gz * z) * scale, and ema_gz (the running Gamma, one per channel) is advanced in place by the
+  // mean of that corrected gradient times z over the non-padding tokens. The forward only carries
+  // ema_gz, pad_mask and alpha_bkw for its autograd formula.
+  m.def(
+      "power_norm(Tensor input, Tensor scale, Tensor? weight, Tensor? bias, Tensor ema_gz, Tensor? pad_mask, "
+      "float alpha_bkw) -> Tensor");
+  m.def(
+      "power_norm_backward(Tensor grad_out, Tensor input, Tensor scale, Tensor? weight, Tensor(a!) ema_gz, "
+      "Tensor? pad_mask, float alpha_bkw, bool has_bias) -> (Tensor grad_input, Tensor grad_weight, "
+      "Tensor grad_bias)");
 }

@@ -12,6 +12,8 @@ from . import functional, nn
 from .functional import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from .patching import ReplaceReport, replace_norms
 from . import models
+from .fold import FoldReport, fold_batchnorm
+from .parametrizations import remove_weight_norm, weight_norm
 
 __all__ = [
     "functional",
@@ -21,6 +23,10 @@ __all__ = [
     "rms_norm",
     "add_layer_norm",
     "add_rms_norm",
+    "weight_norm",
+    "remove_weight_norm",
+    "fold_batchnorm",
+    "FoldReport",
     "has_cuda_kernels",
     "replace_norms",
     "ReplaceReport",

@@ -15,7 +15,7 @@ _ops = torch.ops.norm_ext
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
 
-__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"]
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "weight_norm"]
 
 
 def _as_shape(normalized_shape: ShapeLike) -> list:
@@ -147,3 +147,20 @@ def add_rms_norm(
         memory_efficient,
     )
     return out, h
+
+
+def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0) -> Tensor:
+    """``g * v / ||v||`` in one kernel, the 2-norm over every dim of ``v`` except ``dim`` (None: the
+    whole tensor), as ``torch._weight_norm(v, g, dim)``. ``g`` has one element per slice along ``dim``
+    (torch's shape: ``v``'s rank with size 1 elsewhere). Negative ``dim`` counts from the end.
+
+    This is the tensor function; :func:`norm_ext.weight_norm` applies it to a module's parameter.
+    """
+    _check_tensor("v", v)
+    _check_tensor("g", g)
+    if dim is not None:
+        if not -v.dim() <= dim < v.dim():
+            raise ValueError(f"weight_norm: dim {dim} is out of range for v of shape {tuple(v.shape)}")
+        dim = dim % v.dim()
+    w, _ = _ops.weight_norm(v, g, dim)
+    return w

@@ -164,6 +164,88 @@ for _name in _ARGS:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Weight normalization and PowerNorm.
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("norm_ext::weight_norm")
+def _weight_norm_fake(v, g, dim):
+    w = torch.empty_like(v, memory_format=torch.contiguous_format)
+    return w, g.new_empty(g.shape, dtype=_acc_dtype(v.dtype))
+
+
+@torch.library.register_fake("norm_ext::weight_norm_backward")
+def _weight_norm_backward_fake(grad_w, v, g, norm, dim):
+    return torch.empty_like(v, memory_format=torch.contiguous_format), torch.empty_like(g)
+
+
+def _weight_norm_setup_context(ctx, inputs, output):
+    v, g, dim = inputs
+    ctx.dim = dim
+    ctx.save_for_backward(v, g, output[1])
+
+
+def _weight_norm_backward(ctx, grad_w, grad_norm):
+    v, g, norm = ctx.saved_tensors
+    if grad_w is None:
+        return None, None, None
+    grad_v, grad_g = _ops.weight_norm_backward(grad_w, v, g, norm, ctx.dim)
+    return grad_v, grad_g, None
+
+
+torch.library.register_autograd(
+    "norm_ext::weight_norm", _weight_norm_backward, setup_context=_weight_norm_setup_context
+)
+
+
+@torch.library.register_fake("norm_ext::power_norm_stats")
+def _power_norm_stats_fake(input, pad_mask):
+    acc = _acc_dtype(input.dtype)
+    return input.new_empty((input.shape[-1],), dtype=acc), input.new_empty((), dtype=acc)
+
+
+@torch.library.register_fake("norm_ext::power_norm")
+def _power_norm_fake(input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("norm_ext::power_norm_backward")
+def _power_norm_backward_fake(grad_out, input, scale, weight, ema_gz, pad_mask, alpha_bkw, has_bias):
+    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format)
+    param = weight if weight is not None else input
+    grad_weight = param.new_empty((input.shape[-1],) if weight is not None else (0,))
+    grad_bias = param.new_empty((input.shape[-1],) if has_bias else (0,))
+    return grad_input, grad_weight, grad_bias
+
+
+def _power_norm_setup_context(ctx, inputs, output):
+    input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw = inputs
+    ctx.alpha_bkw = alpha_bkw
+    ctx.has_weight = weight is not None
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, scale, weight, ema_gz, pad_mask)
+
+
+def _power_norm_backward(ctx, grad_out):
+    input, scale, weight, ema_gz, pad_mask = ctx.saved_tensors
+    # The statistics (scale) are treated as constants: the running-Gamma correction inside the
+    # backward op stands in for their gradient, as in the paper's approximate backward.
+    grad_input, grad_weight, grad_bias = _ops.power_norm_backward(
+        grad_out, input, scale, weight, ema_gz, pad_mask, ctx.alpha_bkw, ctx.has_bias
+    )
+    return (
+        grad_input,
+        None,
+        grad_weight if ctx.has_weight else None,
+        grad_bias if ctx.has_bias else None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("norm_ext::power_norm", _power_norm_backward, setup_context=_power_norm_setup_context)
+
 # Backward ops have no derivative of their own. Registering a formula that raises makes a double
 # backward (create_graph=True, then differentiating the gradient) fail loudly; without it autograd
 # would only warn and treat the gradient as a constant.
@@ -182,4 +264,7 @@ def _forbid_double_backward(qualname: str) -> None:
 
 for _qualname in sorted(torch._C._dispatch_get_all_op_names()):
     if _qualname.startswith("norm_ext::") and _qualname.endswith("_backward"):
-        _forbid_double_backward(_qualname)
+        # torch.library cannot register autograd on ops that mutate an argument (power_norm_backward
+        # updates its running Gamma in place); for those, torch's fallback only warns.
+        if not getattr(_ops, _qualname.split("::")[1]).default._schema.is_mutable:
+            _forbid_double_backward(_qualname)

@@ -64,3 +64,97 @@ def residual_stream(x: Tensor, residual: Tensor, residual_dtype: Optional[torch.
     """h = x + residual, rounded to the stream's storage dtype as the fused kernels store it."""
     dtype = residual_dtype or residual.dtype
     return (_f64(x) + _f64(residual)).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weight normalization and PowerNorm.
+# ---------------------------------------------------------------------------------------------------
+
+
+def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0) -> Tensor:
+    """``g * v / ||v||`` with the norm over every dim except ``dim`` (None: the whole tensor)."""
+    v, g = _f64(v), _f64(g)
+    if dim is None:
+        return g * v / torch.sqrt((v * v).sum())
+    dims = [d for d in range(v.dim()) if d != dim % v.dim()]
+    return g * v / torch.sqrt((v * v).sum(dim=dims, keepdim=True))
+
+
+def group_scaling(x: Tensor, group_num: int, eps: float) -> Tensor:
+    """PowerNorm's GroupScaling: each token divided by its RMS over each of ``group_num`` channel groups."""
+    x = _f64(x)
+    grouped = x.reshape(*x.shape[:-1], group_num, x.shape[-1] // group_num)
+    rms = torch.sqrt((grouped * grouped).mean(dim=-1, keepdim=True) + eps)
+    return (grouped / rms).reshape(x.shape)
+
+
+class PowerNormState:
+    """Float64 copy of a PowerNorm module's buffers: ``running_phi`` (psi^2), ``ema_gz`` (the running
+    Gamma, nu / (1 - alpha_bkw)) and the step count."""
+
+    def __init__(self, num_features: int) -> None:
+        self.running_phi = torch.ones(num_features, dtype=torch.float64)
+        self.ema_gz = torch.zeros(num_features, dtype=torch.float64)
+        self.step = 0
+
+
+class _PowerFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, state, valid, alpha_bkw):
+        z = x * scale
+        ctx.save_for_backward(z, scale, weight, valid)
+        ctx.state, ctx.alpha_bkw = state, alpha_bkw
+        return z * weight + bias
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        z, scale, weight, valid = ctx.saved_tensors
+        state = ctx.state
+        g = grad_y * weight
+        approx = g - (1.0 - ctx.alpha_bkw) * state.ema_gz * z
+        valid_z = (approx * z)[valid]
+        if valid_z.shape[0] > 0:
+            state.ema_gz = state.ema_gz + valid_z.mean(dim=0)
+        dims = tuple(range(grad_y.dim() - 1))
+        return approx * scale, (grad_y * z).sum(dims), grad_y.sum(dims), None, None, None, None
+
+
+def power_norm(
+    x: Tensor,
+    state: PowerNormState,
+    weight: Tensor,
+    bias: Tensor,
+    pad_mask: Tensor | None = None,
+    training: bool = True,
+    alpha_fwd: float = 0.9,
+    alpha_bkw: float = 0.9,
+    eps: float = 1e-5,
+    warmup_iters: int = 10000,
+    group_num: int = 1,
+) -> Tensor:
+    """One PowerNorm step on (B, T, C) input, float64, following Shen et al. 2020 and the authors' code.
+
+    Training step t (counted from 1): psi_B^2 = mean of x^2 over the non-padding tokens; the output
+    uses psi_B while t <= warmup_iters and the running psi_{t-1} afterwards. The running psi^2 is a
+    cumulative average while t < warmup_iters, and then (always) an EMA with alpha_fwd. The backward
+    is the approximate one: grad_x = (g - (1 - alpha_bkw) * ema_gz * z) * scale, with ema_gz advanced
+    by the mean over valid tokens of that corrected gradient times z. Mutates ``state``.
+    """
+    x = group_scaling(x, group_num, eps)
+    valid = torch.ones(x.shape[:-1], dtype=torch.bool) if pad_mask is None else ~pad_mask.cpu()
+    valid = valid.to(x.device)
+    weight, bias = _f64(weight), _f64(bias)
+    if not training:
+        scale = torch.rsqrt(state.running_phi.to(x.device) + eps)
+        return (x * scale) * weight + bias
+    state.step += 1
+    t = state.step
+    tokens = x.detach()[valid]
+    var = (tokens * tokens).mean(dim=0) if tokens.shape[0] > 0 else torch.zeros_like(state.running_phi)
+    var = var.to(state.running_phi.device)
+    scale = torch.rsqrt((var if t <= warmup_iters else state.running_phi) + eps).to(x.device)
+    phi = state.running_phi
+    if t < warmup_iters:
+        phi = phi * (t - 1) / t + var / t
+    state.running_phi = alpha_fwd * phi + (1.0 - alpha_fwd) * var
+    return _PowerFunction.apply(x, weight, bias, scale, state, valid, alpha_bkw)

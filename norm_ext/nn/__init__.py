@@ -2,5 +2,6 @@
 
 from .fused import AddLayerNorm, AddRMSNorm
 from .normalization import LayerNorm, RMSNorm
+from .power_norm import PowerNorm
 
-__all__ = ["LayerNorm", "RMSNorm", "AddLayerNorm", "AddRMSNorm"]
+__all__ = ["LayerNorm", "RMSNorm", "AddLayerNorm", "AddRMSNorm", "PowerNorm"]
