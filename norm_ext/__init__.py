@@ -9,7 +9,7 @@ import torch
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 from . import ops  # noqa: F401  (fake kernels and autograd formulas)
 from . import functional, nn
-from .functional import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+from .functional import add_layer_norm, add_rms_norm, group_norm, instance_norm, layer_norm, rms_norm
 
 __all__ = [
     "functional",
@@ -18,6 +18,8 @@ __all__ = [
     "rms_norm",
     "add_layer_norm",
     "add_rms_norm",
+    "group_norm",
+    "instance_norm",
     "has_cuda_kernels",
 ]
 

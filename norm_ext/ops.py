@@ -161,3 +161,62 @@ def _make_row_norm_autograd(name: str):
 
 for _name in _ARGS:
     _make_row_norm_autograd(_name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GroupNorm (and InstanceNorm, which calls it with one group per channel), optional fused SiLU.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _group_norm_memory_format(input: Tensor) -> torch.memory_format:
+    # Mirrors group_norm_memory_format in csrc/common/group_norm.h: the layout the kernels keep.
+    if input.is_contiguous():
+        return torch.contiguous_format
+    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+@torch.library.register_fake("norm_ext::group_norm")
+def _group_norm_fake(input, num_groups, weight, bias, eps, activation=None):
+    out = torch.empty_like(input, memory_format=_group_norm_memory_format(input))
+    stats = input.new_empty((input.shape[0], num_groups), dtype=_acc_dtype(input.dtype))
+    return out, stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("norm_ext::group_norm_backward")
+def _group_norm_backward_fake(grad_out, input, num_groups, mean, rstd, weight, bias, activation=None):
+    grad_input = torch.empty_like(input, memory_format=_group_norm_memory_format(input))
+    return grad_input, _param_grad_like(weight, grad_out), _param_grad_like(bias, grad_out)
+
+
+def _group_norm_setup_context(ctx, inputs, output):
+    input, num_groups, weight, bias, _eps, activation = inputs
+    _, mean, rstd = output
+    ctx.num_groups = num_groups
+    ctx.activation = activation
+    ctx.has_weight = weight is not None
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, mean, rstd, weight, bias)
+
+
+def _group_norm_backward(ctx, grad_out, _grad_mean, _grad_rstd):
+    input, mean, rstd, weight, bias = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(input)
+    grad_input, grad_weight, grad_bias = _ops.group_norm_backward(
+        grad_out, input, ctx.num_groups, mean, rstd, weight, bias, ctx.activation
+    )
+    return (
+        grad_input,
+        None,
+        grad_weight if ctx.has_weight else None,
+        grad_bias if ctx.has_bias else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("norm_ext::group_norm", _group_norm_backward, setup_context=_group_norm_setup_context)

@@ -1,0 +1,495 @@
+// CPU kernels of GroupNorm (and of InstanceNorm, which is GroupNorm with G = C), with an optional
+// fused SiLU on the output.
+//
+// The structure mirrors the CUDA kernels: the forward is one statistics pass and one output pass,
+// the backward one reduction pass (per-(n, c) sums) and one pass computing grad_input.
+//
+// Statistics are computed per chunk of a group by two passes over the chunk in acc_t (the chunk is
+// small enough to stay in L1/L2), and the chunks' (count, mean, m2) are merged with Chan's formula
+// in chunk order. Work items own disjoint outputs or partials, and partials are always merged in a
+// fixed order, so every result is independent of the thread count and scheduling. The output pass
+// computes (x - mean) * (rstd * w) + b, never x * a + (b - mean * a), which loses all precision when
+// |mean| >> std.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "common/group_norm.h"
+#include "common/welford.h"
+
+namespace norm_ext {
+namespace {
+
+using at::vec::Vectorized;
+
+// Elements of one group handled by one statistics work item, and the sub-chunk over which the two
+// in-cache passes run.
+constexpr int64_t kStatsChunk = 1 << 14;
+constexpr int64_t kInnerChunk = 1024;
+// Elements per parallel work item in the elementwise passes.
+constexpr int64_t kGrainElements = 1 << 15;
+
+template <typename dst_t, typename src_t>
+void convert_span(const src_t* src, dst_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<src_t, dst_t>) {
+    std::copy(src, src + n, dst);
+  } else {
+    at::vec::convert(src, dst, n);
+  }
+}
+
+template <typename acc_t>
+acc_t span_sum(const acc_t* p, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  Vec acc0(0), acc1(0);
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    acc0 += Vec::loadu(p + i);
+    acc1 += Vec::loadu(p + i + kLanes);
+  }
+  for (; i + kLanes <= n; i += kLanes) acc0 += Vec::loadu(p + i);
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc0 + acc1);
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+template <typename acc_t>
+acc_t span_sum_sq_dev(const acc_t* p, int64_t n, acc_t shift) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  const Vec vshift(shift);
+  Vec acc(0);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec d = Vec::loadu(p + i) - vshift;
+    acc = at::vec::fmadd(d, d, acc);
+  }
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < n; ++i) s += (p[i] - shift) * (p[i] - shift);
+  return s;
+}
+
+// (count, mean, m2) of a contiguous span: two passes per kInnerChunk, chunks merged in order.
+template <typename in_t, typename acc_t>
+WelfordState<acc_t> contiguous_span_stats(const in_t* x, int64_t n, acc_t* buf) {
+  WelfordState<acc_t> total = welford_init<acc_t>();
+  for (int64_t start = 0; start < n; start += kInnerChunk) {
+    const int64_t len = std::min(kInnerChunk, n - start);
+    convert_span(x + start, buf, len);
+    const acc_t count = static_cast<acc_t>(len);
+    const acc_t mean = span_sum(buf, len) / count;
+    total = welford_merge(total, WelfordState<acc_t>{count, mean, span_sum_sq_dev(buf, len, mean)});
+  }
+  return total;
+}
+
+template <typename acc_t>
+acc_t sigmoid(acc_t z) {
+  return acc_t(1) / (acc_t(1) + std::exp(-z));
+}
+
+template <typename acc_t>
+acc_t param_or(const acc_t* p, int64_t c, acc_t fallback) {
+  return p != nullptr ? p[c] : fallback;
+}
+
+template <typename acc_t>
+at::Tensor param_as_acc(const std::optional<at::Tensor>& p) {
+  if (!p.has_value() || !p->defined()) return at::Tensor();
+  return p->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+}
+
+template <typename acc_t>
+const acc_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
+}
+
+// Pass 1 of the forward: per-(n, g) mean and rstd.
+template <typename in_t, typename acc_t>
+void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* mean, acc_t* rstd) {
+  const int64_t ng = s.n * s.groups;
+  std::vector<WelfordState<acc_t>> partials;
+  int64_t chunks;
+  if (!s.channels_last) {
+    // A group is a contiguous span of D * HW elements; it is split into `chunks` work items.
+    const int64_t len = s.channels_per_group * s.hw;
+    chunks = (len + kStatsChunk - 1) / kStatsChunk;
+    partials.resize(ng * chunks);
+    at::parallel_for(0, ng * chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(kInnerChunk);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t group = item / chunks;
+        const int64_t start = (item % chunks) * kStatsChunk;
+        const int64_t n = std::min(kStatsChunk, len - start);
+        partials[item] = contiguous_span_stats(x + group * len + start, n, buf.data());
+      }
+    });
+  } else {
+    // Rows of C channels; a work item takes a block of rows of one sample and produces the partial
+    // state of every group: per-channel sums, group means, then per-channel squared deviations.
+    const int64_t rows_per_chunk = std::max<int64_t>(1, kStatsChunk / s.c);
+    chunks = (s.hw + rows_per_chunk - 1) / rows_per_chunk;
+    partials.resize(ng * chunks);
+    at::parallel_for(0, s.n * chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(s.c), channel_acc(s.c), channel_mean(s.c);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / chunks;
+        const int64_t chunk = item % chunks;
+        const int64_t row_begin = chunk * rows_per_chunk;
+        const int64_t row_end = std::min(s.hw, row_begin + rows_per_chunk);
+        const in_t* base = x + n * s.hw * s.c;
+        const acc_t count = static_cast<acc_t>((row_end - row_begin) * s.channels_per_group);
+        std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          convert_span(base + r * s.c, row.data(), s.c);
+          for (int64_t c = 0; c < s.c; ++c) channel_acc[c] += row[c];
+        }
+        for (int64_t g = 0; g < s.groups; ++g) {
+          const int64_t c0 = g * s.channels_per_group;
+          acc_t sum = 0;
+          for (int64_t c = c0; c < c0 + s.channels_per_group; ++c) sum += channel_acc[c];
+          std::fill(channel_mean.begin() + c0, channel_mean.begin() + c0 + s.channels_per_group, sum / count);
+        }
+        std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
+        for (int64_t r = row_begin; r < row_end; ++r) {
+          convert_span(base + r * s.c, row.data(), s.c);
+          for (int64_t c = 0; c < s.c; ++c) {
+            const acc_t d = row[c] - channel_mean[c];
+            channel_acc[c] += d * d;
+          }
+        }
+        for (int64_t g = 0; g < s.groups; ++g) {
+          const int64_t c0 = g * s.channels_per_group;
+          acc_t m2 = 0;
+          for (int64_t c = c0; c < c0 + s.channels_per_group; ++c) m2 += channel_acc[c];
+          partials[(n * s.groups + g) * chunks + chunk] = {count, channel_mean[c0], m2};
+        }
+      }
+    });
+  }
+  for (int64_t group = 0; group < ng; ++group) {
+    WelfordState<acc_t> st = welford_init<acc_t>();
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) st = welford_merge(st, partials[group * chunks + chunk]);
+    mean[group] = st.mean;
+    rstd[group] = acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + static_cast<acc_t>(eps));
+  }
+}
+
+// Pass 2 of the forward: y = act((x - mean) * (rstd * w) + b), with per-(n, c) mean and scale.
+template <typename in_t, typename acc_t>
+void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const acc_t* mean_nc,
+                          const acc_t* scale_nc, const acc_t* b, bool silu) {
+  const auto transform = [&](acc_t* v, const acc_t* mu, const acc_t* scale, const acc_t* shift, int64_t len,
+                             bool per_element) {
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t k = per_element ? i : 0;
+      acc_t z = (v[i] - mu[k]) * scale[k] + (shift != nullptr ? shift[k] : acc_t(0));
+      if (silu) z *= sigmoid(z);
+      v[i] = z;
+    }
+  };
+  if (!s.channels_last) {
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
+    at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(std::min(kInnerChunk, s.hw));
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % s.c;
+        for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
+          const int64_t len = std::min(kInnerChunk, s.hw - start);
+          const int64_t off = plane * s.hw + start;
+          convert_span(x + off, buf.data(), len);
+          transform(buf.data(), mean_nc + plane, scale_nc + plane, b != nullptr ? b + c : nullptr, len, false);
+          convert_span(buf.data(), y + off, len);
+        }
+      }
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / s.c);
+    at::parallel_for(0, s.n * s.hw, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> buf(s.c);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / s.hw;
+        convert_span(x + r * s.c, buf.data(), s.c);
+        transform(buf.data(), mean_nc + n * s.c, scale_nc + n * s.c, b, s.c, true);
+        convert_span(buf.data(), y + r * s.c, s.c);
+      }
+    });
+  }
+}
+
+// Per-element backward quantities. dz is the gradient reaching the affine output z (through the
+// SiLU when fused, z recomputed from x); xhat the normalized input.
+template <typename acc_t>
+struct BackwardElement {
+  acc_t dz;
+  acc_t xhat;
+};
+
+template <typename acc_t>
+BackwardElement<acc_t> backward_element(acc_t dy, acc_t x, acc_t mu, acc_t r, acc_t w, acc_t b, bool silu) {
+  const acc_t xhat = (x - mu) * r;
+  if (!silu) return {dy, xhat};
+  const acc_t z = xhat * w + b;
+  const acc_t sg = sigmoid(z);
+  return {dy * sg * (acc_t(1) + z * (acc_t(1) - sg)), xhat};
+}
+
+// Pass 1 of the backward: sum_dz[n, c] = sum_hw dz and sum_dz_xhat[n, c] = sum_hw dz * xhat.
+template <typename in_t, typename acc_t>
+void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormShape& s, const acc_t* mean_nc,
+                                 const acc_t* rstd_nc, const acc_t* w, const acc_t* b, bool silu, acc_t* sum_dz,
+                                 acc_t* sum_dz_xhat) {
+  if (!s.channels_last) {
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
+    at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
+      const int64_t buf_len = std::min(kInnerChunk, s.hw);
+      std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % s.c;
+        const acc_t mu = mean_nc[plane], r = rstd_nc[plane];
+        const acc_t wc = param_or(w, c, acc_t(1)), bc = param_or(b, c, acc_t(0));
+        acc_t total_dz = 0, total_dz_xhat = 0;
+        for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
+          const int64_t len = std::min(kInnerChunk, s.hw - start);
+          convert_span(dy + plane * s.hw + start, dy_buf.data(), len);
+          convert_span(x + plane * s.hw + start, x_buf.data(), len);
+          acc_t part_dz = 0, part_dz_xhat = 0;
+          for (int64_t i = 0; i < len; ++i) {
+            const BackwardElement<acc_t> e = backward_element(dy_buf[i], x_buf[i], mu, r, wc, bc, silu);
+            part_dz += e.dz;
+            part_dz_xhat += e.dz * e.xhat;
+          }
+          total_dz += part_dz;
+          total_dz_xhat += part_dz_xhat;
+        }
+        sum_dz[plane] = total_dz;
+        sum_dz_xhat[plane] = total_dz_xhat;
+      }
+    });
+    return;
+  }
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kStatsChunk / s.c);
+  const int64_t chunks = (s.hw + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<acc_t> partial_dz(s.n * chunks * s.c), partial_dz_xhat(s.n * chunks * s.c);
+  at::parallel_for(0, s.n * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> dy_row(s.c), x_row(s.c);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / chunks;
+      const int64_t row_begin = (item % chunks) * rows_per_chunk;
+      const int64_t row_end = std::min(s.hw, row_begin + rows_per_chunk);
+      acc_t* acc_dz = partial_dz.data() + item * s.c;
+      acc_t* acc_dz_xhat = partial_dz_xhat.data() + item * s.c;
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        const int64_t off = (n * s.hw + r) * s.c;
+        convert_span(dy + off, dy_row.data(), s.c);
+        convert_span(x + off, x_row.data(), s.c);
+        for (int64_t c = 0; c < s.c; ++c) {
+          const BackwardElement<acc_t> e =
+              backward_element(dy_row[c], x_row[c], mean_nc[n * s.c + c], rstd_nc[n * s.c + c],
+                               param_or(w, c, acc_t(1)), param_or(b, c, acc_t(0)), silu);
+          acc_dz[c] += e.dz;
+          acc_dz_xhat[c] += e.dz * e.xhat;
+        }
+      }
+    }
+  });
+  at::parallel_for(0, s.n * s.c, kGrainElements, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / s.c, c = nc % s.c;
+      acc_t total_dz = 0, total_dz_xhat = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        total_dz += partial_dz[(n * chunks + chunk) * s.c + c];
+        total_dz_xhat += partial_dz_xhat[(n * chunks + chunk) * s.c + c];
+      }
+      sum_dz[nc] = total_dz;
+      sum_dz_xhat[nc] = total_dz_xhat;
+    }
+  });
+}
+
+// Between the passes (O(N * C) work): dweight / dbias as sums over n in order, and the two group
+// means of pass 2 per (n, c).
+template <typename acc_t>
+void group_norm_coefficients_cpu(const GroupNormShape& s, const acc_t* sum_dz, const acc_t* sum_dz_xhat,
+                                 const acc_t* w, acc_t* coef_dz, acc_t* coef_xhat, acc_t* dw, acc_t* db) {
+  for (int64_t c = 0; c < s.c; ++c) {
+    acc_t total_dz = 0, total_dz_xhat = 0;
+    for (int64_t n = 0; n < s.n; ++n) {
+      total_dz += sum_dz[n * s.c + c];
+      total_dz_xhat += sum_dz_xhat[n * s.c + c];
+    }
+    if (dw != nullptr) dw[c] = total_dz_xhat;
+    if (db != nullptr) db[c] = total_dz;
+  }
+  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(s.channels_per_group * s.hw);
+  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const int64_t c0 = g * s.channels_per_group;
+      acc_t mean_dz = 0, mean_dz_xhat = 0;
+      for (int64_t c = c0; c < c0 + s.channels_per_group; ++c) {
+        const acc_t wc = param_or(w, c, acc_t(1));
+        mean_dz += wc * sum_dz[n * s.c + c];
+        mean_dz_xhat += wc * sum_dz_xhat[n * s.c + c];
+      }
+      std::fill(coef_dz + n * s.c + c0, coef_dz + n * s.c + c0 + s.channels_per_group, mean_dz * inv_count);
+      std::fill(coef_xhat + n * s.c + c0, coef_xhat + n * s.c + c0 + s.channels_per_group, mean_dz_xhat * inv_count);
+    }
+  }
+}
+
+// Pass 2 of the backward: dx = rstd * (dz * w - mean_g(dz * w) - xhat * mean_g(dz * w * xhat)),
+// with the two group means given per (n, c) as coef_dz and coef_xhat.
+template <typename in_t, typename acc_t>
+void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const GroupNormShape& s, const acc_t* mean_nc,
+                               const acc_t* rstd_nc, const acc_t* coef_dz, const acc_t* coef_xhat, const acc_t* w,
+                               const acc_t* b, bool silu) {
+  const auto row_pass = [&](const in_t* dy_p, const in_t* x_p, in_t* dx_p, int64_t len, int64_t nc0, int64_t c0,
+                            bool per_element, acc_t* dy_buf, acc_t* x_buf) {
+    convert_span(dy_p, dy_buf, len);
+    convert_span(x_p, x_buf, len);
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t k = per_element ? i : 0;
+      const int64_t c = c0 + k;
+      const acc_t r = rstd_nc[nc0 + k];
+      const acc_t wc = param_or(w, c, acc_t(1));
+      const BackwardElement<acc_t> e =
+          backward_element(dy_buf[i], x_buf[i], mean_nc[nc0 + k], r, wc, param_or(b, c, acc_t(0)), silu);
+      x_buf[i] = r * (e.dz * wc - coef_dz[nc0 + k] - e.xhat * coef_xhat[nc0 + k]);
+    }
+    convert_span(x_buf, dx_p, len);
+  };
+  if (!s.channels_last) {
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
+    at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
+      const int64_t buf_len = std::min(kInnerChunk, s.hw);
+      std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
+          const int64_t len = std::min(kInnerChunk, s.hw - start);
+          const int64_t off = plane * s.hw + start;
+          row_pass(dy + off, x + off, dx + off, len, plane, plane % s.c, false, dy_buf.data(), x_buf.data());
+        }
+      }
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / s.c);
+    at::parallel_for(0, s.n * s.hw, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> dy_buf(s.c), x_buf(s.c);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t off = r * s.c;
+        row_pass(dy + off, x + off, dx + off, s.c, (r / s.hw) * s.c, 0, true, dy_buf.data(), x_buf.data());
+      }
+    });
+  }
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// Per-(n, c) copies of per-(n, g) statistics, so that the elementwise passes index one array.
+at::Tensor expand_to_channels(const at::Tensor& per_group, const GroupNormShape& s) {
+  return per_group.reshape({s.n, s.groups, 1}).expand({s.n, s.groups, s.channels_per_group}).reshape({s.n * s.c});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(const at::Tensor& input_, int64_t num_groups,
+                                                              const std::optional<at::Tensor>& weight,
+                                                              const std::optional<at::Tensor>& bias, double eps,
+                                                              std::optional<c10::string_view> activation) {
+  constexpr const char* op = "group_norm";
+  const GroupNormShape s = check_group_norm_inputs(op, input_, num_groups, weight, bias, eps);
+  const bool silu = parse_group_norm_activation(op, activation);
+  TORCH_CHECK(input_.device().is_cpu(), op, ": expected a CPU input, got ", input_.device());
+  const at::MemoryFormat format = group_norm_memory_format(input_);
+  const at::Tensor input = input_.contiguous(format);
+  const auto stat_opts = input.options().dtype(acc_dtype(input.scalar_type()));
+  at::Tensor out = at::empty(input.sizes(), input.options().memory_format(format));
+  at::Tensor mean = at::empty({s.n, s.groups}, stat_opts);
+  at::Tensor rstd = at::empty({s.n, s.groups}, stat_opts);
+  if (input.numel() == 0) {
+    mean.zero_();
+    rstd.fill_(1.0 / std::sqrt(eps));
+    return {out, mean, rstd};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "norm_ext_group_norm", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor w = param_as_acc<acc_t>(weight);
+    const at::Tensor b = param_as_acc<acc_t>(bias);
+    group_stats_cpu<scalar_t, acc_t>(input.const_data_ptr<scalar_t>(), s, eps, mean.mutable_data_ptr<acc_t>(),
+                                     rstd.mutable_data_ptr<acc_t>());
+    const at::Tensor mean_nc = expand_to_channels(mean, s).contiguous();
+    at::Tensor scale_nc = expand_to_channels(rstd, s);
+    scale_nc = (w.defined() ? scale_nc.reshape({s.n, s.c}) * w : scale_nc).reshape({s.n * s.c}).contiguous();
+    group_norm_apply_cpu<scalar_t, acc_t>(input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s,
+                                          mean_nc.const_data_ptr<acc_t>(), scale_nc.const_data_ptr<acc_t>(),
+                                          data_or_null<acc_t>(b), silu);
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& input_, int64_t num_groups, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    std::optional<c10::string_view> activation) {
+  constexpr const char* op = "group_norm_backward";
+  const GroupNormShape s =
+      check_group_norm_backward_inputs(op, grad_out_, input_, num_groups, mean, rstd, weight, bias);
+  const bool silu = parse_group_norm_activation(op, activation);
+  TORCH_CHECK(input_.device().is_cpu(), op, ": expected CPU tensors, got ", input_.device());
+  const at::MemoryFormat format = group_norm_memory_format(input_);
+  const at::Tensor input = input_.contiguous(format);
+  const at::Tensor grad_out = grad_out_.contiguous(format);
+  const at::ScalarType acc = acc_dtype(input.scalar_type());
+  at::Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(format));
+  at::Tensor dw = defined(weight) ? at::zeros({s.c}, input.options().dtype(acc)) : at::Tensor();
+  at::Tensor db = defined(bias) ? at::zeros({s.c}, input.options().dtype(acc)) : at::Tensor();
+  if (input.numel() != 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "norm_ext_group_norm_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const at::Tensor w = param_as_acc<acc_t>(weight);
+      const at::Tensor b = param_as_acc<acc_t>(bias);
+      const at::Tensor mean_nc = expand_to_channels(mean.contiguous(), s).contiguous();
+      const at::Tensor rstd_nc = expand_to_channels(rstd.contiguous(), s).contiguous();
+      at::Tensor sum_dz = at::empty({s.n, s.c}, input.options().dtype(acc));
+      at::Tensor sum_dz_xhat = at::empty({s.n, s.c}, input.options().dtype(acc));
+      group_norm_channel_sums_cpu<scalar_t, acc_t>(
+          grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), s, mean_nc.const_data_ptr<acc_t>(),
+          rstd_nc.const_data_ptr<acc_t>(), data_or_null<acc_t>(w), data_or_null<acc_t>(b), silu,
+          sum_dz.mutable_data_ptr<acc_t>(), sum_dz_xhat.mutable_data_ptr<acc_t>());
+      at::Tensor coef_dz = at::empty({s.n * s.c}, input.options().dtype(acc));
+      at::Tensor coef_xhat = at::empty({s.n * s.c}, input.options().dtype(acc));
+      group_norm_coefficients_cpu<acc_t>(s, sum_dz.const_data_ptr<acc_t>(), sum_dz_xhat.const_data_ptr<acc_t>(),
+                                         data_or_null<acc_t>(w), coef_dz.mutable_data_ptr<acc_t>(),
+                                         coef_xhat.mutable_data_ptr<acc_t>(),
+                                         dw.defined() ? dw.mutable_data_ptr<acc_t>() : nullptr,
+                                         db.defined() ? db.mutable_data_ptr<acc_t>() : nullptr);
+      group_norm_grad_input_cpu<scalar_t, acc_t>(
+          grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+          grad_input.mutable_data_ptr<scalar_t>(), s, mean_nc.const_data_ptr<acc_t>(), rstd_nc.const_data_ptr<acc_t>(),
+          coef_dz.const_data_ptr<acc_t>(), coef_xhat.const_data_ptr<acc_t>(), data_or_null<acc_t>(w),
+          data_or_null<acc_t>(b), silu);
+    });
+  }
+  const at::Tensor empty = at::empty({0}, input.options());
+  return {grad_input, dw.defined() ? dw.to(weight->scalar_type()) : empty,
+          db.defined() ? db.to(bias->scalar_type()) : empty};
+}
+
+}  // namespace
+}  // namespace norm_ext
+
+TORCH_LIBRARY_IMPL(norm_ext, CPU, m) {
+  m.impl("group_norm", &norm_ext::group_norm_cpu);
+  m.impl("group_norm_backward", &norm_ext::group_norm_backward_cpu);
+}
