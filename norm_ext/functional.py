@@ -230,7 +230,8 @@ def instance_norm(
         return out.to(input.dtype)
     if input.numel() // max(input.shape[0] * channels, 1) <= 1:
         raise ValueError(
-            f"instance_norm: expected more than 1 spatial element when training, got input of shape {tuple(input.shape)}"
+            "instance_norm: expected more than 1 spatial element when training, got input of shape "
+            f"{tuple(input.shape)}"
         )
     out, mean, rstd = _ops.group_norm(input, channels, weight, bias, float(eps), None)
     if running_mean is not None and running_var is not None:

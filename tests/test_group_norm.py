@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, needs_cuda
 
 import norm_ext
 from norm_ext import reference
@@ -39,7 +39,20 @@ SHAPES = [
     ((1, 4, 130, 140), 2, False),
     ((1, 4, 130, 140), 2, True),
 ]
-SHAPE_IDS = ["2d", "3d-G=C", "C65", "C65-G1", "4d", "4d-cl", "4d-cl-C65", "4d-cl-G=C", "5d", "5d-cl-G=C", "big", "big-cl"]
+SHAPE_IDS = [
+    "2d",
+    "3d-G=C",
+    "C65",
+    "C65-G1",
+    "4d",
+    "4d-cl",
+    "4d-cl-C65",
+    "4d-cl-G=C",
+    "5d",
+    "5d-cl-G=C",
+    "big",
+    "big-cl",
+]
 
 
 def assert_close_to_reference(actual, expected, dtype, table, what):
@@ -169,8 +182,9 @@ def test_deterministic():
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            y, mean, rstd = torch.ops.norm_ext.group_norm(x, 4, torch.ones(16), torch.zeros(16), 1e-5, "silu")
-            grads = torch.ops.norm_ext.group_norm_backward(dy, x, 4, mean, rstd, torch.ones(16), torch.zeros(16), "silu")
+            w, b = torch.ones(16), torch.zeros(16)
+            y, mean, rstd = torch.ops.norm_ext.group_norm(x, 4, w, b, 1e-5, "silu")
+            grads = torch.ops.norm_ext.group_norm_backward(dy, x, 4, mean, rstd, w, b, "silu")
         finally:
             torch.set_num_threads(previous)
         results.append((y, mean, rstd, *grads))
@@ -269,3 +283,33 @@ def test_bad_input():
         torch.ops.norm_ext.group_norm_backward(x, x, 3, mean[:1], rstd, None, None, None)
     with pytest.raises(ValueError, match="grad_out has shape"):
         torch.ops.norm_ext.group_norm_backward(x[:1], x, 3, mean, rstd, None, None, None)
+
+
+@needs_cuda
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cuda_deterministic_and_two_launches(channels_last):
+    x = _make_input((2, 32, 40, 40), torch.float32, "cuda", channels_last)
+    w, b = torch.randn(32, device="cuda"), torch.randn(32, device="cuda")
+    dy = torch.randn_like(x)
+
+    def run():
+        y, mean, rstd = torch.ops.norm_ext.group_norm(x, 8, w, b, 1e-5, "silu")
+        return (y, mean, rstd, *torch.ops.norm_ext.group_norm_backward(dy, x, 8, mean, rstd, w, b, "silu"))
+
+    first, second = run(), run()
+    for a, b_ in zip(first, second):
+        assert torch.equal(a, b_)
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as forward_prof:
+        y, mean, rstd = torch.ops.norm_ext.group_norm(x, 8, w, b, 1e-5, "silu")
+        torch.cuda.synchronize()
+    with torch.profiler.profile(activities=activities) as backward_prof:
+        torch.ops.norm_ext.group_norm_backward(dy, x, 8, mean, rstd, w, b, "silu")
+        torch.cuda.synchronize()
+
+    def kernels(prof):
+        return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+    assert len(kernels(forward_prof)) <= 2, kernels(forward_prof)
+    assert len(kernels(backward_prof)) <= 2, kernels(backward_prof)

@@ -52,8 +52,8 @@ inline GroupNormShape check_group_norm_inputs(const char* op, const at::Tensor& 
   TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have shape (N, C, *), got ", input.sizes());
   const int64_t c = input.size(1);
   TORCH_CHECK_VALUE(num_groups > 0, op, ": num_groups must be positive, got ", num_groups);
-  TORCH_CHECK_VALUE(c % num_groups == 0, op, ": num_groups (", num_groups, ") must divide the number of channels (",
-                    c, ")");
+  TORCH_CHECK_VALUE(c % num_groups == 0, op, ": num_groups (", num_groups, ") must divide the number of channels (", c,
+                    ")");
   const int64_t channel_shape[1] = {c};
   if (weight.has_value() && weight->defined()) check_param(op, "weight", *weight, input, channel_shape);
   if (bias.has_value() && bias->defined()) {

@@ -188,8 +188,8 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
 
 // Pass 2 of the forward: y = act((x - mean) * (rstd * w) + b), with per-(n, c) mean and scale.
 template <typename in_t, typename acc_t>
-void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const acc_t* mean_nc,
-                          const acc_t* scale_nc, const acc_t* b, bool silu) {
+void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const acc_t* mean_nc, const acc_t* scale_nc,
+                          const acc_t* b, bool silu) {
   const auto transform = [&](acc_t* v, const acc_t* mu, const acc_t* scale, const acc_t* shift, int64_t len,
                              bool per_element) {
     for (int64_t i = 0; i < len; ++i) {
@@ -321,8 +321,8 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
 // Between the passes (O(N * C) work): dweight / dbias as sums over n in order, and the two group
 // means of pass 2 per (n, c).
 template <typename acc_t>
-void group_norm_coefficients_cpu(const GroupNormShape& s, const acc_t* sum_dz, const acc_t* sum_dz_xhat,
-                                 const acc_t* w, acc_t* coef_dz, acc_t* coef_xhat, acc_t* dw, acc_t* db) {
+void group_norm_coefficients_cpu(const GroupNormShape& s, const acc_t* sum_dz, const acc_t* sum_dz_xhat, const acc_t* w,
+                                 acc_t* coef_dz, acc_t* coef_xhat, acc_t* dw, acc_t* db) {
   for (int64_t c = 0; c < s.c; ++c) {
     acc_t total_dz = 0, total_dz_xhat = 0;
     for (int64_t n = 0; n < s.n; ++n) {
@@ -394,9 +394,13 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
   }
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
 
-bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+bool defined(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined();
+}
 
 // Per-(n, c) copies of per-(n, g) statistics, so that the elementwise passes index one array.
 at::Tensor expand_to_channels(const at::Tensor& per_group, const GroupNormShape& s) {
@@ -438,10 +442,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cpu(const at::Tensor& 
   return {out, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
-    const at::Tensor& grad_out_, const at::Tensor& input_, int64_t num_groups, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-    std::optional<c10::string_view> activation) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(const at::Tensor& grad_out_,
+                                                                       const at::Tensor& input_, int64_t num_groups,
+                                                                       const at::Tensor& mean, const at::Tensor& rstd,
+                                                                       const std::optional<at::Tensor>& weight,
+                                                                       const std::optional<at::Tensor>& bias,
+                                                                       std::optional<c10::string_view> activation) {
   constexpr const char* op = "group_norm_backward";
   const GroupNormShape s =
       check_group_norm_backward_inputs(op, grad_out_, input_, num_groups, mean, rstd, weight, bias);
@@ -469,16 +475,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
           sum_dz.mutable_data_ptr<acc_t>(), sum_dz_xhat.mutable_data_ptr<acc_t>());
       at::Tensor coef_dz = at::empty({s.n * s.c}, input.options().dtype(acc));
       at::Tensor coef_xhat = at::empty({s.n * s.c}, input.options().dtype(acc));
-      group_norm_coefficients_cpu<acc_t>(s, sum_dz.const_data_ptr<acc_t>(), sum_dz_xhat.const_data_ptr<acc_t>(),
-                                         data_or_null<acc_t>(w), coef_dz.mutable_data_ptr<acc_t>(),
-                                         coef_xhat.mutable_data_ptr<acc_t>(),
-                                         dw.defined() ? dw.mutable_data_ptr<acc_t>() : nullptr,
-                                         db.defined() ? db.mutable_data_ptr<acc_t>() : nullptr);
-      group_norm_grad_input_cpu<scalar_t, acc_t>(
-          grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-          grad_input.mutable_data_ptr<scalar_t>(), s, mean_nc.const_data_ptr<acc_t>(), rstd_nc.const_data_ptr<acc_t>(),
-          coef_dz.const_data_ptr<acc_t>(), coef_xhat.const_data_ptr<acc_t>(), data_or_null<acc_t>(w),
-          data_or_null<acc_t>(b), silu);
+      group_norm_coefficients_cpu<acc_t>(
+          s, sum_dz.const_data_ptr<acc_t>(), sum_dz_xhat.const_data_ptr<acc_t>(), data_or_null<acc_t>(w),
+          coef_dz.mutable_data_ptr<acc_t>(), coef_xhat.mutable_data_ptr<acc_t>(),
+          dw.defined() ? dw.mutable_data_ptr<acc_t>() : nullptr, db.defined() ? db.mutable_data_ptr<acc_t>() : nullptr);
+      group_norm_grad_input_cpu<scalar_t, acc_t>(grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                                 grad_input.mutable_data_ptr<scalar_t>(), s,
+                                                 mean_nc.const_data_ptr<acc_t>(), rstd_nc.const_data_ptr<acc_t>(),
+                                                 coef_dz.const_data_ptr<acc_t>(), coef_xhat.const_data_ptr<acc_t>(),
+                                                 data_or_null<acc_t>(w), data_or_null<acc_t>(b), silu);
     });
   }
   const at::Tensor empty = at::empty({0}, input.options());
