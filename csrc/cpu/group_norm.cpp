@@ -186,30 +186,105 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
   }
 }
 
+// A per-channel quantity as seen from a span of elements: one value for the whole span (contiguous
+// layout, where a span lies in one channel's plane) or one value per element (channels_last, where
+// a span is a row of channels). A null pointer reads as `fallback` (absent weight or bias).
+template <typename acc_t>
+struct SpanParam {
+  const acc_t* data;
+  bool per_element;
+  acc_t fallback;
+
+  acc_t at(int64_t i) const { return data == nullptr ? fallback : data[per_element ? i : 0]; }
+  Vectorized<acc_t> vec(int64_t i) const {
+    if (data == nullptr) return Vectorized<acc_t>(fallback);
+    return per_element ? Vectorized<acc_t>::loadu(data + i) : Vectorized<acc_t>(data[0]);
+  }
+};
+
+template <typename acc_t>
+Vectorized<acc_t> sigmoid(const Vectorized<acc_t>& z) {
+  const Vectorized<acc_t> one(1);
+  return one / (one + z.neg().exp());
+}
+
+// In place: v <- act((v - mu) * scale + shift).
+template <typename acc_t>
+void normalize_span(acc_t* v, int64_t len, SpanParam<acc_t> mu, SpanParam<acc_t> scale, SpanParam<acc_t> shift,
+                    bool silu) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    Vec z = (Vec::loadu(v + i) - mu.vec(i)) * scale.vec(i) + shift.vec(i);
+    if (silu) z = z * sigmoid(z);
+    z.store(v + i);
+  }
+  for (; i < len; ++i) {
+    acc_t z = (v[i] - mu.at(i)) * scale.at(i) + shift.at(i);
+    if (silu) z *= sigmoid(z);
+    v[i] = z;
+  }
+}
+
+// In place: dy <- dz, the gradient reaching the affine output z (through the SiLU when fused, with
+// z recomputed from x), and x <- xhat, the normalized input.
+template <typename acc_t>
+void dz_xhat_span(acc_t* dy, acc_t* x, int64_t len, SpanParam<acc_t> mu, SpanParam<acc_t> r, SpanParam<acc_t> w,
+                  SpanParam<acc_t> b, bool silu) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  const Vec one(1);
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    const Vec xhat = (Vec::loadu(x + i) - mu.vec(i)) * r.vec(i);
+    xhat.store(x + i);
+    if (silu) {
+      const Vec z = xhat * w.vec(i) + b.vec(i);
+      const Vec sg = sigmoid(z);
+      (Vec::loadu(dy + i) * sg * (one + z * (one - sg))).store(dy + i);
+    }
+  }
+  for (; i < len; ++i) {
+    const acc_t xhat = (x[i] - mu.at(i)) * r.at(i);
+    x[i] = xhat;
+    if (silu) {
+      const acc_t z = xhat * w.at(i) + b.at(i);
+      const acc_t sg = sigmoid(z);
+      dy[i] *= sg * (acc_t(1) + z * (acc_t(1) - sg));
+    }
+  }
+}
+
+template <typename acc_t>
+acc_t span_dot(const acc_t* a, const acc_t* b, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  Vec acc(0);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& x, Vec& y) { return x + y; }, acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 // Pass 2 of the forward: y = act((x - mean) * (rstd * w) + b), with per-(n, c) mean and scale.
 template <typename in_t, typename acc_t>
 void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const acc_t* mean_nc, const acc_t* scale_nc,
                           const acc_t* b, bool silu) {
-  const auto transform = [&](acc_t* v, const acc_t* mu, const acc_t* scale, const acc_t* shift, int64_t len,
-                             bool per_element) {
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t k = per_element ? i : 0;
-      acc_t z = (v[i] - mu[k]) * scale[k] + (shift != nullptr ? shift[k] : acc_t(0));
-      if (silu) z *= sigmoid(z);
-      v[i] = z;
-    }
-  };
   if (!s.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
     at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> buf(std::min(kInnerChunk, s.hw));
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % s.c;
+        const SpanParam<acc_t> mu{mean_nc + plane, false, 0}, scale{scale_nc + plane, false, 0};
+        const SpanParam<acc_t> shift{b != nullptr ? b + c : nullptr, false, 0};
         for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
           const int64_t len = std::min(kInnerChunk, s.hw - start);
           const int64_t off = plane * s.hw + start;
           convert_span(x + off, buf.data(), len);
-          transform(buf.data(), mean_nc + plane, scale_nc + plane, b != nullptr ? b + c : nullptr, len, false);
+          normalize_span(buf.data(), len, mu, scale, shift, silu);
           convert_span(buf.data(), y + off, len);
         }
       }
@@ -221,28 +296,12 @@ void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / s.hw;
         convert_span(x + r * s.c, buf.data(), s.c);
-        transform(buf.data(), mean_nc + n * s.c, scale_nc + n * s.c, b, s.c, true);
+        normalize_span(buf.data(), s.c, SpanParam<acc_t>{mean_nc + n * s.c, true, 0},
+                       SpanParam<acc_t>{scale_nc + n * s.c, true, 0}, SpanParam<acc_t>{b, true, 0}, silu);
         convert_span(buf.data(), y + r * s.c, s.c);
       }
     });
   }
-}
-
-// Per-element backward quantities. dz is the gradient reaching the affine output z (through the
-// SiLU when fused, z recomputed from x); xhat the normalized input.
-template <typename acc_t>
-struct BackwardElement {
-  acc_t dz;
-  acc_t xhat;
-};
-
-template <typename acc_t>
-BackwardElement<acc_t> backward_element(acc_t dy, acc_t x, acc_t mu, acc_t r, acc_t w, acc_t b, bool silu) {
-  const acc_t xhat = (x - mu) * r;
-  if (!silu) return {dy, xhat};
-  const acc_t z = xhat * w + b;
-  const acc_t sg = sigmoid(z);
-  return {dy * sg * (acc_t(1) + z * (acc_t(1) - sg)), xhat};
 }
 
 // Pass 1 of the backward: sum_dz[n, c] = sum_hw dz and sum_dz_xhat[n, c] = sum_hw dz * xhat.
@@ -257,21 +316,17 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
       std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len);
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % s.c;
-        const acc_t mu = mean_nc[plane], r = rstd_nc[plane];
-        const acc_t wc = param_or(w, c, acc_t(1)), bc = param_or(b, c, acc_t(0));
+        const SpanParam<acc_t> mu{mean_nc + plane, false, 0}, r{rstd_nc + plane, false, 0};
+        const SpanParam<acc_t> wc{w != nullptr ? w + c : nullptr, false, 1},
+            bc{b != nullptr ? b + c : nullptr, false, 0};
         acc_t total_dz = 0, total_dz_xhat = 0;
         for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
           const int64_t len = std::min(kInnerChunk, s.hw - start);
           convert_span(dy + plane * s.hw + start, dy_buf.data(), len);
           convert_span(x + plane * s.hw + start, x_buf.data(), len);
-          acc_t part_dz = 0, part_dz_xhat = 0;
-          for (int64_t i = 0; i < len; ++i) {
-            const BackwardElement<acc_t> e = backward_element(dy_buf[i], x_buf[i], mu, r, wc, bc, silu);
-            part_dz += e.dz;
-            part_dz_xhat += e.dz * e.xhat;
-          }
-          total_dz += part_dz;
-          total_dz_xhat += part_dz_xhat;
+          dz_xhat_span(dy_buf.data(), x_buf.data(), len, mu, r, wc, bc, silu);
+          total_dz += span_sum(dy_buf.data(), len);
+          total_dz_xhat += span_dot(dy_buf.data(), x_buf.data(), len);
         }
         sum_dz[plane] = total_dz;
         sum_dz_xhat[plane] = total_dz_xhat;
@@ -290,16 +345,16 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
       const int64_t row_end = std::min(s.hw, row_begin + rows_per_chunk);
       acc_t* acc_dz = partial_dz.data() + item * s.c;
       acc_t* acc_dz_xhat = partial_dz_xhat.data() + item * s.c;
-      for (int64_t r = row_begin; r < row_end; ++r) {
-        const int64_t off = (n * s.hw + r) * s.c;
+      const SpanParam<acc_t> mu{mean_nc + n * s.c, true, 0}, r{rstd_nc + n * s.c, true, 0};
+      for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t off = (n * s.hw + row) * s.c;
         convert_span(dy + off, dy_row.data(), s.c);
         convert_span(x + off, x_row.data(), s.c);
+        dz_xhat_span(dy_row.data(), x_row.data(), s.c, mu, r, SpanParam<acc_t>{w, true, 1},
+                     SpanParam<acc_t>{b, true, 0}, silu);
         for (int64_t c = 0; c < s.c; ++c) {
-          const BackwardElement<acc_t> e =
-              backward_element(dy_row[c], x_row[c], mean_nc[n * s.c + c], rstd_nc[n * s.c + c],
-                               param_or(w, c, acc_t(1)), param_or(b, c, acc_t(0)), silu);
-          acc_dz[c] += e.dz;
-          acc_dz_xhat[c] += e.dz * e.xhat;
+          acc_dz[c] += dy_row[c];
+          acc_dz_xhat[c] += dy_row[c] * x_row[c];
         }
       }
     }
@@ -316,6 +371,20 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
       sum_dz_xhat[nc] = total_dz_xhat;
     }
   });
+}
+
+// In place over a span after dz_xhat_span: xhat <- rstd * (dz * w - coef_dz - xhat * coef_xhat).
+template <typename acc_t>
+void grad_input_span(const acc_t* dz, acc_t* xhat, int64_t len, SpanParam<acc_t> r, SpanParam<acc_t> w,
+                     SpanParam<acc_t> coef_dz, SpanParam<acc_t> coef_xhat) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    const Vec v = r.vec(i) * (Vec::loadu(dz + i) * w.vec(i) - coef_dz.vec(i) - Vec::loadu(xhat + i) * coef_xhat.vec(i));
+    v.store(xhat + i);
+  }
+  for (; i < len; ++i) xhat[i] = r.at(i) * (dz[i] * w.at(i) - coef_dz.at(i) - xhat[i] * coef_xhat.at(i));
 }
 
 // Between the passes (O(N * C) work): dweight / dbias as sums over n in order, and the two group
@@ -354,31 +423,25 @@ template <typename in_t, typename acc_t>
 void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const GroupNormShape& s, const acc_t* mean_nc,
                                const acc_t* rstd_nc, const acc_t* coef_dz, const acc_t* coef_xhat, const acc_t* w,
                                const acc_t* b, bool silu) {
-  const auto row_pass = [&](const in_t* dy_p, const in_t* x_p, in_t* dx_p, int64_t len, int64_t nc0, int64_t c0,
-                            bool per_element, acc_t* dy_buf, acc_t* x_buf) {
-    convert_span(dy_p, dy_buf, len);
-    convert_span(x_p, x_buf, len);
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t k = per_element ? i : 0;
-      const int64_t c = c0 + k;
-      const acc_t r = rstd_nc[nc0 + k];
-      const acc_t wc = param_or(w, c, acc_t(1));
-      const BackwardElement<acc_t> e =
-          backward_element(dy_buf[i], x_buf[i], mean_nc[nc0 + k], r, wc, param_or(b, c, acc_t(0)), silu);
-      x_buf[i] = r * (e.dz * wc - coef_dz[nc0 + k] - e.xhat * coef_xhat[nc0 + k]);
-    }
-    convert_span(x_buf, dx_p, len);
-  };
   if (!s.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
     at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
       const int64_t buf_len = std::min(kInnerChunk, s.hw);
       std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len);
       for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % s.c;
+        const SpanParam<acc_t> mu{mean_nc + plane, false, 0}, r{rstd_nc + plane, false, 0};
+        const SpanParam<acc_t> wc{w != nullptr ? w + c : nullptr, false, 1},
+            bc{b != nullptr ? b + c : nullptr, false, 0};
+        const SpanParam<acc_t> cdz{coef_dz + plane, false, 0}, cx{coef_xhat + plane, false, 0};
         for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
           const int64_t len = std::min(kInnerChunk, s.hw - start);
           const int64_t off = plane * s.hw + start;
-          row_pass(dy + off, x + off, dx + off, len, plane, plane % s.c, false, dy_buf.data(), x_buf.data());
+          convert_span(dy + off, dy_buf.data(), len);
+          convert_span(x + off, x_buf.data(), len);
+          dz_xhat_span(dy_buf.data(), x_buf.data(), len, mu, r, wc, bc, silu);
+          grad_input_span(dy_buf.data(), x_buf.data(), len, r, wc, cdz, cx);
+          convert_span(x_buf.data(), dx + off, len);
         }
       }
     });
@@ -386,9 +449,17 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.c);
     at::parallel_for(0, s.n * s.hw, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> dy_buf(s.c), x_buf(s.c);
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t off = r * s.c;
-        row_pass(dy + off, x + off, dx + off, s.c, (r / s.hw) * s.c, 0, true, dy_buf.data(), x_buf.data());
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t off = row * s.c;
+        const int64_t nc0 = (row / s.hw) * s.c;
+        const SpanParam<acc_t> r{rstd_nc + nc0, true, 0}, wc{w, true, 1};
+        convert_span(dy + off, dy_buf.data(), s.c);
+        convert_span(x + off, x_buf.data(), s.c);
+        dz_xhat_span(dy_buf.data(), x_buf.data(), s.c, SpanParam<acc_t>{mean_nc + nc0, true, 0}, r, wc,
+                     SpanParam<acc_t>{b, true, 0}, silu);
+        grad_input_span(dy_buf.data(), x_buf.data(), s.c, r, wc, SpanParam<acc_t>{coef_dz + nc0, true, 0},
+                        SpanParam<acc_t>{coef_xhat + nc0, true, 0});
+        convert_span(x_buf.data(), dx + off, s.c);
       }
     });
   }
