@@ -80,13 +80,22 @@ acc_t span_sum_sq_dev(const acc_t* p, int64_t n, acc_t shift) {
   return s;
 }
 
-// (count, mean, m2) of a contiguous span: two passes per kInnerChunk, chunks merged in order.
+// In place: p <- p - shift. Close values subtract exactly, so statistics of the shifted values keep
+// the precision that |mean| >> std would otherwise cost the fp32 sums.
+template <typename acc_t>
+void subtract_shift(acc_t* p, int64_t n, const acc_t* shift, bool per_element) {
+  for (int64_t i = 0; i < n; ++i) p[i] -= shift[per_element ? i : 0];
+}
+
+// (count, mean, m2) of a contiguous span, relative to `shift`: two passes per kInnerChunk, chunks
+// merged in order.
 template <typename in_t, typename acc_t>
-WelfordState<acc_t> contiguous_span_stats(const in_t* x, int64_t n, acc_t* buf) {
+WelfordState<acc_t> contiguous_span_stats(const in_t* x, int64_t n, acc_t shift, acc_t* buf) {
   WelfordState<acc_t> total = welford_init<acc_t>();
   for (int64_t start = 0; start < n; start += kInnerChunk) {
     const int64_t len = std::min(kInnerChunk, n - start);
     convert_span(x + start, buf, len);
+    subtract_shift(buf, len, &shift, false);
     const acc_t count = static_cast<acc_t>(len);
     const acc_t mean = span_sum(buf, len) / count;
     total = welford_merge(total, WelfordState<acc_t>{count, mean, span_sum_sq_dev(buf, len, mean)});
@@ -115,10 +124,16 @@ const acc_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
 }
 
-// Pass 1 of the forward: per-(n, g) mean and rstd.
+// Pass 1 of the forward: per-(n, g) mean and rstd. Each group's statistics are accumulated relative
+// to its first element.
 template <typename in_t, typename acc_t>
 void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* mean, acc_t* rstd) {
   const int64_t ng = s.n * s.groups;
+  std::vector<acc_t> shifts(ng);
+  for (int64_t group = 0; group < ng; ++group) {
+    const int64_t n = group / s.groups, c0 = (group % s.groups) * s.channels_per_group;
+    shifts[group] = static_cast<acc_t>(x[s.channels_last ? n * s.hw * s.c + c0 : (n * s.c + c0) * s.hw]);
+  }
   std::vector<WelfordState<acc_t>> partials;
   int64_t chunks;
   if (!s.channels_last) {
@@ -132,7 +147,7 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
         const int64_t group = item / chunks;
         const int64_t start = (item % chunks) * kStatsChunk;
         const int64_t n = std::min(kStatsChunk, len - start);
-        partials[item] = contiguous_span_stats(x + group * len + start, n, buf.data());
+        partials[item] = contiguous_span_stats(x + group * len + start, n, shifts[group], buf.data());
       }
     });
   } else {
@@ -142,17 +157,19 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
     chunks = (s.hw + rows_per_chunk - 1) / rows_per_chunk;
     partials.resize(ng * chunks);
     at::parallel_for(0, s.n * chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(s.c), channel_acc(s.c), channel_mean(s.c);
+      std::vector<acc_t> row(s.c), channel_acc(s.c), channel_mean(s.c), channel_shift(s.c);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / chunks;
         const int64_t chunk = item % chunks;
         const int64_t row_begin = chunk * rows_per_chunk;
         const int64_t row_end = std::min(s.hw, row_begin + rows_per_chunk);
         const in_t* base = x + n * s.hw * s.c;
+        for (int64_t c = 0; c < s.c; ++c) channel_shift[c] = shifts[n * s.groups + c / s.channels_per_group];
         const acc_t count = static_cast<acc_t>((row_end - row_begin) * s.channels_per_group);
         std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
         for (int64_t r = row_begin; r < row_end; ++r) {
           convert_span(base + r * s.c, row.data(), s.c);
+          subtract_shift(row.data(), s.c, channel_shift.data(), true);
           for (int64_t c = 0; c < s.c; ++c) channel_acc[c] += row[c];
         }
         for (int64_t g = 0; g < s.groups; ++g) {
@@ -164,6 +181,7 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
         std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
         for (int64_t r = row_begin; r < row_end; ++r) {
           convert_span(base + r * s.c, row.data(), s.c);
+          subtract_shift(row.data(), s.c, channel_shift.data(), true);
           for (int64_t c = 0; c < s.c; ++c) {
             const acc_t d = row[c] - channel_mean[c];
             channel_acc[c] += d * d;
@@ -181,7 +199,7 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
   for (int64_t group = 0; group < ng; ++group) {
     WelfordState<acc_t> st = welford_init<acc_t>();
     for (int64_t chunk = 0; chunk < chunks; ++chunk) st = welford_merge(st, partials[group * chunks + chunk]);
-    mean[group] = st.mean;
+    mean[group] = shifts[group] + st.mean;
     rstd[group] = acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + static_cast<acc_t>(eps));
   }
 }

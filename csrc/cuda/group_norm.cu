@@ -2,7 +2,9 @@
 //
 // Forward, two launches:
 //   1. group_stats_kernel: block (group, chunk) computes the Welford state of one chunk of one
-//      (n, g) group and stores it as a partial.
+//      (n, g) group and stores it as a partial. Values are taken relative to the group's first
+//      element, which keeps the running means small: with |mean| >> std a running mean of the raw
+//      values carries rounding errors comparable to std, which inflate the variance.
 //   2. group_norm_apply_kernel: block (group, chunk) merges its group's partials in chunk order (so
 //      every block of a group derives bit-identical statistics), writes mean / rstd once, and
 //      normalizes its chunk.
@@ -145,10 +147,11 @@ __global__ void group_stats_kernel(const in_t* __restrict__ x, GroupGeometry s, 
   const int64_t n = group / s.groups, g = group % s.groups;
   const int64_t begin = chunk * s.chunk_len;
   const int64_t end = chunk_end(s, begin);
+  int64_t channel;
+  const acc_t shift = static_cast<acc_t>(x[element_offset(s, n, g, 0, channel)]);
   WelfordState<acc_t> st = welford_init<acc_t>();
   for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
-    int64_t channel;
-    welford_update(st, static_cast<acc_t>(x[element_offset(s, n, g, j, channel)]));
+    welford_update(st, static_cast<acc_t>(x[element_offset(s, n, g, j, channel)]) - shift);
   }
   st = block_reduce(st, slots);
   if (threadIdx.x == 0) partials[blockIdx.x] = st;
@@ -162,11 +165,13 @@ __global__ void group_norm_apply_kernel(const in_t* __restrict__ x, const param_
   __shared__ acc_t stats[2];
   const int64_t group = blockIdx.x / s.chunks;
   const int64_t chunk = blockIdx.x % s.chunks;
+  const int64_t n = group / s.groups, g = group % s.groups;
   if (threadIdx.x == 0) {
     WelfordState<acc_t> st = welford_init<acc_t>();
     for (int64_t k = 0; k < s.chunks; ++k) st = welford_merge(st, partials[group * s.chunks + k]);
     const acc_t var = st.m2 / st.count;
-    stats[0] = st.mean;
+    int64_t channel;
+    stats[0] = static_cast<acc_t>(x[element_offset(s, n, g, 0, channel)]) + st.mean;
     stats[1] = acc_t(1) / sqrt((var > acc_t(0) ? var : acc_t(0)) + eps);
     if (chunk == 0) {
       mean_out[group] = stats[0];
@@ -175,7 +180,6 @@ __global__ void group_norm_apply_kernel(const in_t* __restrict__ x, const param_
   }
   __syncthreads();
   const acc_t mu = stats[0], r = stats[1];
-  const int64_t n = group / s.groups, g = group % s.groups;
   const int64_t begin = chunk * s.chunk_len;
   const int64_t end = chunk_end(s, begin);
   for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
