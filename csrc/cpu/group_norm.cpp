@@ -7,10 +7,10 @@
 // Statistics are computed per chunk of a group by two passes over the chunk in acc_t (the chunk is
 // small enough to stay in L1/L2), and the chunks' (count, mean, m2) are merged with Chan's formula
 // in chunk order. Values enter the sums relative to their group's first element, so fp32 sums of
-// an input with |mean| >> std do not lose the variance to rounding. Work items own disjoint outputs or partials, and
-// partials are always merged in a fixed order, so every result is independent of the thread count and scheduling. The
-// output pass computes (x - mean) * (rstd * w) + b, never x * a + (b - mean * a), which loses all precision when |mean|
-// >> std.
+// an input with |mean| >> std do not lose the variance to rounding. Work items own disjoint
+// outputs or partials, and partials are always merged in a fixed order, so every result is
+// independent of the thread count and scheduling. The output pass computes
+// (x - mean) * (rstd * w) + b, never x * a + (b - mean * a), which cancels when |mean| >> std.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
