@@ -60,4 +60,16 @@ TORCH_LIBRARY(norm_ext, m) {
       "power_norm_backward(Tensor grad_out, Tensor input, Tensor scale, Tensor? weight, Tensor(a!) ema_gz, "
       "Tensor? pad_mask, float alpha_bkw, bool has_bias) -> (Tensor grad_input, Tensor grad_weight, "
       "Tensor grad_bias)");
+  // GroupNorm (InstanceNorm is GroupNorm with one group per channel). Input (N, C, *), contiguous or
+  // channels_last (the output keeps the layout). Returns the output and the per-(sample, group)
+  // statistics (N, G) in float32 (float64 for float64 input). activation: None or "silu", applied
+  // to the normalized output in the same kernel.
+  m.def(
+      "group_norm(Tensor input, int num_groups, Tensor? weight, Tensor? bias, float eps, str? activation=None) "
+      "-> (Tensor out, Tensor mean, Tensor rstd)");
+  // grad_input has the input's layout; grad_weight / grad_bias (in the parameters' dtype) are empty
+  // when weight / bias are None. With activation="silu" the pre-activation is recomputed from input.
+  m.def(
+      "group_norm_backward(Tensor grad_out, Tensor input, int num_groups, Tensor mean, Tensor rstd, Tensor? weight, "
+      "Tensor? bias, str? activation=None) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }

@@ -6,14 +6,17 @@ torch.compile, and an autograd formula whose backward is itself an op.
 
 import torch
 
-from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
-from . import ops  # noqa: F401  (fake kernels and autograd formulas)
-from . import functional, nn
-from .functional import add_layer_norm, add_rms_norm, layer_norm, rms_norm
-from .patching import ReplaceReport, replace_norms
-from . import models
+from . import (
+    _C,  # noqa: F401  (loads the shared library, which registers the ops)
+    functional,
+    models,
+    nn,
+    ops,  # noqa: F401  (fake kernels and autograd formulas)
+)
 from .fold import FoldReport, fold_batchnorm
+from .functional import add_layer_norm, add_rms_norm, group_norm, instance_norm, layer_norm, rms_norm
 from .parametrizations import remove_weight_norm, weight_norm
+from .patching import ReplaceReport, replace_norms
 
 __all__ = [
     "functional",
@@ -27,6 +30,8 @@ __all__ = [
     "remove_weight_norm",
     "fold_batchnorm",
     "FoldReport",
+    "group_norm",
+    "instance_norm",
     "has_cuda_kernels",
     "replace_norms",
     "ReplaceReport",

@@ -15,7 +15,7 @@ _ops = torch.ops.norm_ext
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
 
-__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "weight_norm"]
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "weight_norm", "group_norm", "instance_norm"]
 
 
 def _as_shape(normalized_shape: ShapeLike) -> list:
@@ -164,3 +164,97 @@ def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0) -> Tensor:
         dim = dim % v.dim()
     w, _ = _ops.weight_norm(v, g, dim)
     return w
+
+
+_GROUP_NORM_ACTIVATIONS = (None, "silu")
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    activation: Optional[str] = None,
+) -> Tensor:
+    """Group normalization over ``(N, C, *)`` input, as :func:`torch.nn.functional.group_norm`.
+
+    The C channels are split into ``num_groups`` groups (which must divide C); each (sample, group)
+    is normalized by its own mean and biased variance, then scaled per channel by ``weight`` and
+    shifted by ``bias``. Contiguous and channels_last input are read in place and the output keeps
+    the input's memory format. Statistics are accumulated in float32 (float64 for float64 input);
+    ``weight``/``bias`` may be float32 while ``input`` is bf16/fp16.
+
+    Args:
+        activation: ``"silu"`` applies ``y * sigmoid(y)`` to the normalized output in the same
+            kernel (the GroupNorm + SiLU pair of diffusion U-Nets); ``None`` (default) applies none.
+    """
+    _check_tensor("input", input)
+    if activation not in _GROUP_NORM_ACTIVATIONS:
+        raise ValueError(f"group_norm: activation must be None or 'silu', got {activation!r}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise TypeError(f"group_norm: num_groups must be an int, got {type(num_groups).__name__}")
+    out, _, _ = _ops.group_norm(input, int(num_groups), weight, bias, float(eps), activation)
+    return out
+
+
+def _batch_averaged_instance_stats(input: Tensor, mean: Tensor, rstd: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
+    # The instance statistics averaged over the batch, as torch.instance_norm feeds its running
+    # averages: the mean, and the unbiased variance (recovered from rstd = 1 / sqrt(var + eps)).
+    spatial = input.numel() // (input.shape[0] * input.shape[1])
+    var = (rstd.double().reciprocal().square() - eps).clamp_min(0.0)
+    unbiased = var * (spatial / (spatial - 1))
+    return mean.double().mean(0), unbiased.mean(0)
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Instance normalization over ``(N, C, *)`` input, as :func:`torch.nn.functional.instance_norm`.
+
+    With ``use_input_stats`` every (sample, channel) is normalized by its own statistics (GroupNorm
+    with one group per channel, same kernels) and, when given, ``running_mean``/``running_var`` are
+    updated in place with the batch-averaged instance mean and unbiased variance. Otherwise the
+    running statistics normalize the input.
+    """
+    _check_tensor("input", input)
+    if input.dim() < 3:
+        raise ValueError(f"instance_norm: input must have shape (N, C, *spatial), got {tuple(input.shape)}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("instance_norm: running_mean and running_var must be given together")
+    channels = input.shape[1]
+    if not use_input_stats:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var")
+        if eps < 0:
+            raise ValueError(f"instance_norm: eps must be a finite non-negative number, got {eps}")
+        shape = (1, channels) + (1,) * (input.dim() - 2)
+        compute_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+        scale = torch.rsqrt(running_var.to(compute_dtype) + eps)
+        if weight is not None:
+            scale = scale * weight.to(compute_dtype)
+        # (x - mean) * scale, not x * scale - mean * scale, which cancels when |mean| >> std.
+        out = (input.to(compute_dtype) - running_mean.to(compute_dtype).view(shape)) * scale.view(shape)
+        if bias is not None:
+            out = out + bias.to(compute_dtype).view(shape)
+        return out.to(input.dtype)
+    if input.numel() // max(input.shape[0] * channels, 1) <= 1:
+        raise ValueError(
+            "instance_norm: expected more than 1 spatial element when training, got input of shape "
+            f"{tuple(input.shape)}"
+        )
+    out, mean, rstd = _ops.group_norm(input, channels, weight, bias, float(eps), None)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            batch_mean, batch_var = _batch_averaged_instance_stats(input, mean, rstd, float(eps))
+            running_mean.mul_(1.0 - momentum).add_(batch_mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1.0 - momentum).add_(batch_var.to(running_var.dtype), alpha=momentum)
+    return out

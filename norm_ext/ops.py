@@ -48,7 +48,14 @@ def _residual_stream_dtype(residual: Tensor, residual_dtype: Optional[torch.dtyp
 
 @torch.library.register_fake("norm_ext::add_layer_norm")
 def _add_layer_norm_fake(
-    input, residual, normalized_shape, weight, bias, eps, residual_dtype=None, zero_centered_weight=False,
+    input,
+    residual,
+    normalized_shape,
+    weight,
+    bias,
+    eps,
+    residual_dtype=None,
+    zero_centered_weight=False,
     memory_efficient=False,
 ):
     stats = _row_stats_like(input, len(normalized_shape))
@@ -59,7 +66,13 @@ def _add_layer_norm_fake(
 
 @torch.library.register_fake("norm_ext::add_rms_norm")
 def _add_rms_norm_fake(
-    input, residual, normalized_shape, weight, eps, residual_dtype=None, zero_centered_weight=False,
+    input,
+    residual,
+    normalized_shape,
+    weight,
+    eps,
+    residual_dtype=None,
+    zero_centered_weight=False,
     memory_efficient=False,
 ):
     out = torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -69,7 +82,15 @@ def _add_rms_norm_fake(
 
 @torch.library.register_fake("norm_ext::layer_norm_backward")
 def _layer_norm_backward_fake(
-    grad_out, saved, normalized_shape, mean, rstd, weight, bias, zero_centered_weight=False, saved_is_output=False,
+    grad_out,
+    saved,
+    normalized_shape,
+    mean,
+    rstd,
+    weight,
+    bias,
+    zero_centered_weight=False,
+    saved_is_output=False,
     grad_residual=None,
 ):
     grad_input = torch.empty_like(saved, memory_format=torch.contiguous_format)
@@ -78,7 +99,13 @@ def _layer_norm_backward_fake(
 
 @torch.library.register_fake("norm_ext::rms_norm_backward")
 def _rms_norm_backward_fake(
-    grad_out, saved, normalized_shape, rstd, weight, zero_centered_weight=False, saved_is_output=False,
+    grad_out,
+    saved,
+    normalized_shape,
+    rstd,
+    weight,
+    zero_centered_weight=False,
+    saved_is_output=False,
     grad_residual=None,
 ):
     grad_input = torch.empty_like(saved, memory_format=torch.contiguous_format)
@@ -91,11 +118,24 @@ _ARGS = {
     _LN: ("input", "normalized_shape", "weight", "bias", "eps", "zero_centered_weight", "memory_efficient"),
     _RMS: ("input", "normalized_shape", "weight", "eps", "zero_centered_weight", "memory_efficient"),
     _ADD_LN: (
-        "input", "residual", "normalized_shape", "weight", "bias", "eps", "residual_dtype", "zero_centered_weight",
+        "input",
+        "residual",
+        "normalized_shape",
+        "weight",
+        "bias",
+        "eps",
+        "residual_dtype",
+        "zero_centered_weight",
         "memory_efficient",
     ),
     _ADD_RMS: (
-        "input", "residual", "normalized_shape", "weight", "eps", "residual_dtype", "zero_centered_weight",
+        "input",
+        "residual",
+        "normalized_shape",
+        "weight",
+        "eps",
+        "residual_dtype",
+        "zero_centered_weight",
         "memory_efficient",
     ),
 }
@@ -246,6 +286,67 @@ def _power_norm_backward(ctx, grad_out):
 
 torch.library.register_autograd("norm_ext::power_norm", _power_norm_backward, setup_context=_power_norm_setup_context)
 
+
+# ---------------------------------------------------------------------------------------------------
+# GroupNorm (and InstanceNorm, which calls it with one group per channel), optional fused SiLU.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _group_norm_memory_format(input: Tensor) -> torch.memory_format:
+    # Mirrors group_norm_memory_format in csrc/common/group_norm.h: the layout the kernels keep.
+    if input.is_contiguous():
+        return torch.contiguous_format
+    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+@torch.library.register_fake("norm_ext::group_norm")
+def _group_norm_fake(input, num_groups, weight, bias, eps, activation=None):
+    out = torch.empty_like(input, memory_format=_group_norm_memory_format(input))
+    stats = input.new_empty((input.shape[0], num_groups), dtype=_acc_dtype(input.dtype))
+    return out, stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("norm_ext::group_norm_backward")
+def _group_norm_backward_fake(grad_out, input, num_groups, mean, rstd, weight, bias, activation=None):
+    grad_input = torch.empty_like(input, memory_format=_group_norm_memory_format(input))
+    return grad_input, _param_grad_like(weight, grad_out), _param_grad_like(bias, grad_out)
+
+
+def _group_norm_setup_context(ctx, inputs, output):
+    input, num_groups, weight, bias, _eps, activation = inputs
+    _, mean, rstd = output
+    ctx.num_groups = num_groups
+    ctx.activation = activation
+    ctx.has_weight = weight is not None
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, mean, rstd, weight, bias)
+
+
+def _group_norm_backward(ctx, grad_out, _grad_mean, _grad_rstd):
+    input, mean, rstd, weight, bias = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(input)
+    grad_input, grad_weight, grad_bias = _ops.group_norm_backward(
+        grad_out, input, ctx.num_groups, mean, rstd, weight, bias, ctx.activation
+    )
+    return (
+        grad_input,
+        None,
+        grad_weight if ctx.has_weight else None,
+        grad_bias if ctx.has_bias else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("norm_ext::group_norm", _group_norm_backward, setup_context=_group_norm_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Backward ops have no derivative of their own. Registering a formula that raises makes a double
 # backward (create_graph=True, then differentiating the gradient) fail loudly; without it autograd
 # would only warn and treat the gradient as a constant.

@@ -158,3 +158,68 @@ def power_norm(
         phi = phi * (t - 1) / t + var / t
     state.running_phi = alpha_fwd * phi + (1.0 - alpha_fwd) * var
     return _PowerFunction.apply(x, weight, bias, scale, state, valid, alpha_bkw)
+
+
+def group_norm(
+    x: Tensor,
+    num_groups: int,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    activation: Optional[str] = None,
+) -> Tensor:
+    """GroupNorm over (N, C, *) in float64; ``activation="silu"`` applies SiLU to the output."""
+    x = _f64(x)
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, num_groups, -1)
+    mean = grouped.mean(dim=2, keepdim=True)
+    var = ((grouped - mean) ** 2).mean(dim=2, keepdim=True)
+    y = ((grouped - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+    param_shape = (1, c) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * _f64(weight).reshape(param_shape)
+    if bias is not None:
+        y = y + _f64(bias).reshape(param_shape)
+    if activation == "silu":
+        y = y * torch.sigmoid(y)
+    return y
+
+
+def instance_norm(
+    x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
+) -> Tensor:
+    """InstanceNorm with input statistics in float64: GroupNorm with one group per channel."""
+    return group_norm(x, x.shape[1], weight, bias, eps)
+
+
+def instance_norm_running_stats(
+    x: Tensor, running_mean: Tensor, running_var: Tensor, momentum: float = 0.1
+) -> Tuple[Tensor, Tensor]:
+    """The running statistics after one training step, in float64: the batch average of each instance's
+    mean and unbiased variance, blended with ``momentum``."""
+    x = _f64(x)
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    batch_mean = flat.mean(dim=2).mean(dim=0)
+    batch_var = flat.var(dim=2, unbiased=True).mean(dim=0)
+    new_mean = (1 - momentum) * _f64(running_mean) + momentum * batch_mean
+    new_var = (1 - momentum) * _f64(running_var) + momentum * batch_var
+    return new_mean, new_var
+
+
+def instance_norm_eval(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """InstanceNorm normalized by running statistics (eval with track_running_stats), in float64."""
+    x = _f64(x)
+    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+    y = (x - _f64(running_mean).reshape(shape)) / torch.sqrt(_f64(running_var).reshape(shape) + eps)
+    if weight is not None:
+        y = y * _f64(weight).reshape(shape)
+    if bias is not None:
+        y = y + _f64(bias).reshape(shape)
+    return y

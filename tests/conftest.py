@@ -3,9 +3,7 @@ import torch
 
 import norm_ext
 
-CUDA_SKIP_REASON = (
-    "no CUDA GPU visible" if not torch.cuda.is_available() else "norm_ext was built without CUDA kernels"
-)
+CUDA_SKIP_REASON = "no CUDA GPU visible" if not torch.cuda.is_available() else "norm_ext was built without CUDA kernels"
 HAVE_CUDA = torch.cuda.is_available() and norm_ext.has_cuda_kernels()
 
 needs_cuda = pytest.mark.skipif(not HAVE_CUDA, reason=CUDA_SKIP_REASON)

@@ -45,7 +45,11 @@ def _check_forward_backward(kind, x, normalized_shape, w, b, eps, dtype, **extra
         b = None
     assert y.dtype == x.dtype and y.shape == x.shape
     zc = extra.get("zero_centered_weight", False)
-    x64, w64, b64 = _leaf(x.double()), _leaf(None if w is None else w.double()), _leaf(None if b is None else b.double())
+    x64, w64, b64 = (
+        _leaf(x.double()),
+        _leaf(None if w is None else w.double()),
+        _leaf(None if b is None else b.double()),
+    )
     if kind == "layer":
         y64 = reference.layer_norm(x64, normalized_shape, w64, b64, eps, zero_centered_weight=zc)
     else:
@@ -256,7 +260,17 @@ def test_baseline_isa_kernels_match_reference():
     # The CPU kernels exist twice (baseline and AVX2, picked at run time); this session's process uses
     # the AVX2 ones where the CPU has them, so the baseline build runs in a child process.
     env = {**os.environ, "NORM_EXT_CPU_ISA": "default"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "parity and cpu and not n300000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        __file__,
+        "-k",
+        "parity and cpu and not n300000",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout

@@ -28,5 +28,9 @@ def assert_close_to_reference(actual, expected, dtype, table=FORWARD, what=""):
     expected = expected.detach().to(torch.float64)
     scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
     torch.testing.assert_close(
-        actual.detach().to(torch.float64).cpu(), expected.cpu(), rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}"
+        actual.detach().to(torch.float64).cpu(),
+        expected.cpu(),
+        rtol=rtol,
+        atol=atol * scale,
+        msg=lambda m: f"{what}: {m}",
     )

@@ -1,0 +1,315 @@
+"""GroupNorm (+ fused SiLU): parity with float64 references, autograd, opcheck, compile and bad input."""
+
+import pytest
+import torch
+from conftest import DEVICES, needs_cuda
+
+import norm_ext
+from norm_ext import reference
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# dtype -> (rtol, atol) against float64 for values of magnitude about 1; gradients sum over a group
+# and over the batch, so they get looser bounds.
+FORWARD = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 4e-3),
+    torch.bfloat16: (1.6e-2, 3.2e-2),
+}
+BACKWARD = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 8e-2),
+}
+
+# (shape, num_groups, channels_last): odd C, C = 65, groups 1 / C / in between, 2-D to 5-D inputs.
+SHAPES = [
+    ((4, 6), 3, False),
+    ((3, 7, 11), 7, False),
+    ((2, 65, 9), 5, False),
+    ((2, 65, 9), 1, False),
+    ((2, 12, 5, 7), 4, False),
+    ((2, 12, 5, 7), 4, True),
+    ((2, 65, 3, 5), 13, True),
+    ((1, 9, 4, 4), 9, True),
+    ((2, 8, 3, 4, 5), 2, False),
+    ((2, 8, 3, 4, 5), 8, True),
+    ((1, 4, 130, 140), 2, False),
+    ((1, 4, 130, 140), 2, True),
+]
+SHAPE_IDS = [
+    "2d",
+    "3d-G=C",
+    "C65",
+    "C65-G1",
+    "4d",
+    "4d-cl",
+    "4d-cl-C65",
+    "4d-cl-G=C",
+    "5d",
+    "5d-cl-G=C",
+    "big",
+    "big-cl",
+]
+
+
+def assert_close_to_reference(actual, expected, dtype, table, what):
+    """Compare with a float64 reference; atol scales with the reference's magnitude."""
+    rtol, atol = table[dtype]
+    expected = expected.detach().to(torch.float64)
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(
+        actual.detach().to(torch.float64).cpu(),
+        expected.cpu(),
+        rtol=rtol,
+        atol=atol * scale,
+        msg=lambda m: f"{what}: {m}",
+    )
+
+
+def _memory_format(dim):
+    return torch.channels_last if dim == 4 else torch.channels_last_3d
+
+
+def _make_input(shape, dtype, device, channels_last, scale=2.0, offset=0.5):
+    x = torch.randn(shape, dtype=torch.float64, device=device) * scale + offset
+    x = x.to(dtype)
+    return x.contiguous(memory_format=_memory_format(len(shape))) if channels_last else x
+
+
+def _leaf(t):
+    return None if t is None else t.detach().requires_grad_(True)
+
+
+def check_group_norm(x, num_groups, w, b, eps, dtype, activation=None):
+    x, w, b = _leaf(x), _leaf(w), _leaf(b)
+    y = norm_ext.group_norm(x, num_groups, w, b, eps, activation=activation)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.stride() == x.stride()
+    x64, w64, b64 = (_leaf(None if t is None else t.double()) for t in (x, w, b))
+    y64 = reference.group_norm(x64, num_groups, w64, b64, eps, activation)
+    assert_close_to_reference(y, y64, dtype, FORWARD, "output")
+
+    dy = torch.randn_like(y)
+    leaves = [t for t in (x, w, b) if t is not None]
+    leaves64 = [t for t in (x64, w64, b64) if t is not None]
+    grads = torch.autograd.grad(y, leaves, dy)
+    grads64 = torch.autograd.grad(y64, leaves64, dy.double())
+    for name, g, g64, leaf in zip(("dx", "dweight", "dbias"), grads, grads64, leaves):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape
+        assert_close_to_reference(g, g64, dtype, BACKWARD, name)
+    assert grads[0].stride() == x.stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("shape,num_groups,channels_last", SHAPES, ids=SHAPE_IDS)
+def test_parity_fp32(shape, num_groups, channels_last, activation, device):
+    x = _make_input(shape, torch.float32, device, channels_last)
+    w = torch.randn(shape[1], device=device)
+    b = torch.randn(shape[1], device=device)
+    check_group_norm(x, num_groups, w, b, 1e-5, torch.float32, activation)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_parity_dtypes(dtype, channels_last, activation, device):
+    x = _make_input((3, 20, 6, 7), dtype, device, channels_last)
+    w = torch.randn(20, dtype=dtype, device=device)
+    b = torch.randn(20, dtype=dtype, device=device)
+    check_group_norm(x, 5, w, b, 1e-5, dtype, activation)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fp32_params_with_low_precision_input(dtype, device):
+    x = _make_input((2, 12, 5, 5), dtype, device, True)
+    check_group_norm(x, 3, torch.randn(12, device=device), torch.randn(12, device=device), 1e-5, dtype, "silu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("with_weight,with_bias", [(False, False), (True, False), (False, True)])
+def test_optional_affine(with_weight, with_bias, activation, device):
+    x = _make_input((3, 10, 4, 5), torch.float32, device, False)
+    w = torch.randn(10, device=device) if with_weight else None
+    b = torch.randn(10, device=device) if with_bias else None
+    check_group_norm(x, 5, w, b, 1e-5, torch.float32, activation)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_large_offset_fp32(channels_last, device):
+    # mean 1e4, std 1e-2: E[x^2] - E[x]^2 would cancel to noise in fp32, and so would an output
+    # computed as x * a + (b - mean * a).
+    x = _make_input((2, 8, 33, 35), torch.float32, device, channels_last, scale=1e-2, offset=1e4)
+    y, mean, rstd = torch.ops.norm_ext.group_norm(x, 4, None, None, 1e-5, None)
+    x64 = x.double()
+    grouped = x64.reshape(2, 4, -1)
+    torch.testing.assert_close(mean.double(), grouped.mean(2), rtol=1e-7, atol=0)
+    torch.testing.assert_close(rstd.double(), 1 / torch.sqrt(grouped.var(2, unbiased=False) + 1e-5), rtol=2e-5, atol=0)
+    # The fp32 mean itself is rounded by up to half an ulp of 1e4 (5e-4, i.e. 0.05 std), which bounds
+    # the output's accuracy; a cancelled variance would be off by orders of magnitude.
+    torch.testing.assert_close(y.double(), reference.group_norm(x64, 4), rtol=0, atol=0.1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_input(device):
+    x = _make_input((3, 12, 6, 10), torch.float32, device, False)[:, :, :, ::2]
+    check_group_norm(x.contiguous(), 4, None, None, 1e-5, torch.float32)
+    y = norm_ext.group_norm(x, 4)
+    assert y.is_contiguous()
+    assert_close_to_reference(y, reference.group_norm(x, 4), torch.float32, FORWARD, "strided output")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.randn(0, 6, 4, device=device, requires_grad=True)
+    y = norm_ext.group_norm(x, 3)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_deterministic():
+    x = _make_input((2, 16, 40, 50), torch.float32, "cpu", True)
+    dy = torch.randn_like(x)
+    results = []
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            w, b = torch.ones(16), torch.zeros(16)
+            y, mean, rstd = torch.ops.norm_ext.group_norm(x, 4, w, b, 1e-5, "silu")
+            grads = torch.ops.norm_ext.group_norm_backward(dy, x, 4, mean, rstd, w, b, "silu")
+        finally:
+            torch.set_num_threads(previous)
+        results.append((y, mean, rstd, *grads))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_gradcheck_fp64():
+    for channels_last, activation in [(False, None), (True, "silu")]:
+        x = _make_input((2, 6, 3, 4), torch.float64, "cpu", channels_last).requires_grad_(True)
+        w = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, a=activation: norm_ext.group_norm(x, 3, w, b, activation=a), (x, w, b)
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_opcheck(channels_last, device):
+    x = _make_input((2, 6, 3, 5), torch.float32, device, channels_last).requires_grad_(True)
+    w = torch.randn(6, device=device, requires_grad=True)
+    b = torch.randn(6, device=device, requires_grad=True)
+    for activation in (None, "silu"):
+        torch.library.opcheck(torch.ops.norm_ext.group_norm.default, (x, 3, w, b, 1e-5, activation))
+        _, mean, rstd = torch.ops.norm_ext.group_norm(x, 3, w, b, 1e-5, activation)
+        args = (torch.randn_like(x), x.detach(), 3, mean.detach(), rstd.detach(), w.detach(), b.detach(), activation)
+        torch.library.opcheck(torch.ops.norm_ext.group_norm_backward.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_module_compile_fullgraph(activation, device):
+    module = norm_ext.nn.GroupNorm(4, 12, activation=activation).to(device)
+    with torch.no_grad():
+        module.weight.normal_()
+        module.bias.normal_()
+    compiled = torch.compile(module, fullgraph=True)
+    x = _make_input((2, 12, 5, 6), torch.float32, device, True).requires_grad_(True)
+    y = compiled(x)
+    y.square().sum().backward()
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = module.weight.detach().double().requires_grad_(True)
+    y64 = reference.group_norm(x64, 4, w64, module.bias.detach().double(), activation=activation)
+    y64.square().sum().backward()
+    assert_close_to_reference(y, y64, torch.float32, FORWARD, "compiled output")
+    assert_close_to_reference(x.grad, x64.grad, torch.float32, BACKWARD, "compiled dx")
+    assert_close_to_reference(module.weight.grad, w64.grad, torch.float32, BACKWARD, "compiled dweight")
+
+
+def test_module_matches_torch_and_state_dict():
+    ours = norm_ext.nn.GroupNorm(3, 9, eps=1e-4, activation="silu")
+    theirs = torch.nn.GroupNorm(3, 9, eps=1e-4)
+    with torch.no_grad():
+        theirs.weight.normal_()
+        theirs.bias.normal_()
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    x = torch.randn(2, 9, 4, 4)
+    torch.testing.assert_close(ours(x), torch.nn.functional.silu(theirs(x)), rtol=1e-5, atol=1e-5)
+    assert "activation='silu'" in repr(ours)
+    plain = norm_ext.nn.GroupNorm(3, 9, affine=False)
+    assert plain.weight is None and len(plain.state_dict()) == 0
+    assert isinstance(ours, torch.nn.GroupNorm)
+
+
+def test_bad_input():
+    x = torch.randn(2, 6, 4)
+    with pytest.raises(ValueError, match="num_groups .4. must divide the number of channels .6."):
+        norm_ext.group_norm(x, 4)
+    with pytest.raises(ValueError, match="num_groups must be positive"):
+        norm_ext.group_norm(x, 0)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        norm_ext.group_norm(x, 3, torch.ones(5))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        norm_ext.group_norm(x, 3, None, torch.ones(6, 1))
+    with pytest.raises(TypeError, match="weight must have the input's dtype"):
+        norm_ext.group_norm(x, 3, torch.ones(6, dtype=torch.float64))
+    with pytest.raises(TypeError, match="input must be float32, float64, float16 or bfloat16"):
+        norm_ext.group_norm(torch.ones(2, 6, 4, dtype=torch.int32), 3)
+    with pytest.raises(ValueError, match="eps must be a finite non-negative number"):
+        norm_ext.group_norm(x, 3, eps=-1e-5)
+    with pytest.raises(ValueError, match="activation must be None or 'silu'"):
+        norm_ext.group_norm(x, 3, activation="relu")
+    with pytest.raises(ValueError, match="activation must be None or 'silu'"):
+        torch.ops.norm_ext.group_norm(x, 3, None, None, 1e-5, "gelu")
+    with pytest.raises(ValueError, match="input must have shape .N, C, .."):
+        norm_ext.group_norm(torch.randn(6), 3)
+    with pytest.raises(TypeError, match="num_groups must be an int"):
+        norm_ext.group_norm(x, 3.0)
+    with pytest.raises(ValueError, match="activation must be None or 'silu'"):
+        norm_ext.nn.GroupNorm(3, 6, activation="tanh")
+    _, mean, rstd = torch.ops.norm_ext.group_norm(x, 3, None, None, 1e-5, None)
+    with pytest.raises(ValueError, match="mean must hold one value per .sample, group."):
+        torch.ops.norm_ext.group_norm_backward(x, x, 3, mean[:1], rstd, None, None, None)
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        torch.ops.norm_ext.group_norm_backward(x[:1], x, 3, mean, rstd, None, None, None)
+
+
+@needs_cuda
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cuda_deterministic_and_two_launches(channels_last):
+    x = _make_input((2, 32, 40, 40), torch.float32, "cuda", channels_last)
+    w, b = torch.randn(32, device="cuda"), torch.randn(32, device="cuda")
+    dy = torch.randn_like(x)
+
+    def run():
+        y, mean, rstd = torch.ops.norm_ext.group_norm(x, 8, w, b, 1e-5, "silu")
+        return (y, mean, rstd, *torch.ops.norm_ext.group_norm_backward(dy, x, 8, mean, rstd, w, b, "silu"))
+
+    first, second = run(), run()
+    for a, b_ in zip(first, second):
+        assert torch.equal(a, b_)
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as forward_prof:
+        y, mean, rstd = torch.ops.norm_ext.group_norm(x, 8, w, b, 1e-5, "silu")
+        torch.cuda.synchronize()
+    with torch.profiler.profile(activities=activities) as backward_prof:
+        torch.ops.norm_ext.group_norm_backward(dy, x, 8, mean, rstd, w, b, "silu")
+        torch.cuda.synchronize()
+
+    def kernels(prof):
+        return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+    assert len(kernels(forward_prof)) <= 2, kernels(forward_prof)
+    assert len(kernels(backward_prof)) <= 2, kernels(backward_prof)
