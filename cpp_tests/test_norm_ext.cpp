@@ -73,10 +73,9 @@ void test_welford_merge() {
 void test_layer_norm_through_dispatcher() {
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("norm_ext::layer_norm", "")
-                .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, c10::SymIntArrayRef,
-                                                                      const std::optional<at::Tensor>&,
-                                                                      const std::optional<at::Tensor>&, double, bool,
-                                                                      bool)>();
+                .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                    const at::Tensor&, c10::SymIntArrayRef, const std::optional<at::Tensor>&,
+                    const std::optional<at::Tensor>&, double, bool, bool)>();
   torch::manual_seed(0);
   const auto x = torch::randn({13, 257});
   const auto w = torch::randn({257});

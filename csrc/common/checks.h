@@ -15,8 +15,7 @@ inline bool is_supported_float(at::ScalarType t) {
 }
 
 inline void check_eps(const char* op, double eps) {
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0.0, op, ": eps must be a finite non-negative number, got ",
-                    eps);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0.0, op, ": eps must be a finite non-negative number, got ", eps);
 }
 
 inline void check_input_dtype(const char* op, const at::Tensor& input) {
@@ -25,8 +24,7 @@ inline void check_input_dtype(const char* op, const at::Tensor& input) {
 }
 
 inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input) {
-  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(), " but input is on ",
-              input.device());
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " is on ", t.device(), " but input is on ", input.device());
 }
 
 // An affine parameter may be stored in the input's dtype or in float32 (mixed precision: bf16
@@ -34,12 +32,12 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
 inline void check_param(const char* op, const char* name, const at::Tensor& p, const at::Tensor& input,
                         at::IntArrayRef expected_shape) {
   check_same_device(op, name, p, input);
-  TORCH_CHECK_VALUE(p.sizes() == expected_shape, op, ": ", name, " must have shape ", expected_shape,
-                    ", got ", p.sizes());
-  const bool ok = p.scalar_type() == input.scalar_type() ||
-                  (p.scalar_type() == at::kFloat && input.scalar_type() != at::kDouble);
-  TORCH_CHECK_TYPE(ok, op, ": ", name, " must have the input's dtype (", input.scalar_type(),
-                   ") or float32, got ", p.scalar_type());
+  TORCH_CHECK_VALUE(p.sizes() == expected_shape, op, ": ", name, " must have shape ", expected_shape, ", got ",
+                    p.sizes());
+  const bool ok =
+      p.scalar_type() == input.scalar_type() || (p.scalar_type() == at::kFloat && input.scalar_type() != at::kDouble);
+  TORCH_CHECK_TYPE(ok, op, ": ", name, " must have the input's dtype (", input.scalar_type(), ") or float32, got ",
+                   p.scalar_type());
 }
 
 struct RowShape {
@@ -49,8 +47,8 @@ struct RowShape {
 
 // LayerNorm / RMSNorm view the input as rows x cols, cols = prod(normalized_shape).
 inline RowShape check_row_norm_inputs(const char* op, const at::Tensor& input, at::IntArrayRef normalized_shape,
-                                      const std::optional<at::Tensor>& weight,
-                                      const std::optional<at::Tensor>& bias, double eps) {
+                                      const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                                      double eps) {
   check_eps(op, eps);
   check_input_dtype(op, input);
   const int64_t k = static_cast<int64_t>(normalized_shape.size());
@@ -95,15 +93,15 @@ inline RowShape check_row_norm_backward_inputs(const char* op, const at::Tensor&
                     " but the saved tensor has shape ", saved.sizes());
   TORCH_CHECK_TYPE(saved.scalar_type() == grad_out.scalar_type() ||
                        (saved.scalar_type() == at::kFloat && grad_out.scalar_type() != at::kDouble),
-                   op, ": the saved tensor must have grad_out's dtype (", grad_out.scalar_type(),
-                   ") or float32, got ", saved.scalar_type());
+                   op, ": the saved tensor must have grad_out's dtype (", grad_out.scalar_type(), ") or float32, got ",
+                   saved.scalar_type());
   check_same_device(op, "rstd", rstd, grad_out);
-  TORCH_CHECK_VALUE(rstd.numel() == shape.rows, op, ": rstd has ", rstd.numel(),
-                    " elements, expected one per row (", shape.rows, ")");
+  TORCH_CHECK_VALUE(rstd.numel() == shape.rows, op, ": rstd has ", rstd.numel(), " elements, expected one per row (",
+                    shape.rows, ")");
   if (grad_residual.has_value() && grad_residual->defined()) {
     check_same_device(op, "grad_residual", *grad_residual, grad_out);
-    TORCH_CHECK_VALUE(grad_residual->sizes() == saved.sizes(), op, ": grad_residual has shape ",
-                      grad_residual->sizes(), ", expected ", saved.sizes());
+    TORCH_CHECK_VALUE(grad_residual->sizes() == saved.sizes(), op, ": grad_residual has shape ", grad_residual->sizes(),
+                      ", expected ", saved.sizes());
     TORCH_CHECK_TYPE(grad_residual->scalar_type() == saved.scalar_type(), op, ": grad_residual dtype ",
                      grad_residual->scalar_type(), " differs from the saved tensor's dtype ", saved.scalar_type());
   }
@@ -136,8 +134,7 @@ inline bool add_norm_needs_unfused_sum(const at::Tensor& residual, at::ScalarTyp
   return residual.scalar_type() == at::kFloat && h_dtype != at::kFloat;
 }
 
-inline at::Tensor residual_stream_unfused(const at::Tensor& input, const at::Tensor& residual,
-                                          at::ScalarType h_dtype) {
+inline at::Tensor residual_stream_unfused(const at::Tensor& input, const at::Tensor& residual, at::ScalarType h_dtype) {
   return (input.to(at::kFloat) + residual).to(h_dtype);
 }
 

@@ -39,8 +39,7 @@ NORM_EXT_HOST_DEVICE void welford_update(WelfordState<acc_t>& s, acc_t x) {
 // Chan et al.'s parallel merge. An empty side is handled without a branch on the data: when both
 // sides are empty the ratio is forced to zero instead of 0/0.
 template <typename acc_t>
-NORM_EXT_HOST_DEVICE WelfordState<acc_t> welford_merge(const WelfordState<acc_t>& a,
-                                                      const WelfordState<acc_t>& b) {
+NORM_EXT_HOST_DEVICE WelfordState<acc_t> welford_merge(const WelfordState<acc_t>& a, const WelfordState<acc_t>& b) {
   const acc_t count = a.count + b.count;
   const acc_t b_frac = count > acc_t(0) ? b.count / count : acc_t(0);
   const acc_t delta = b.mean - a.mean;

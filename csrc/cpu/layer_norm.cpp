@@ -24,25 +24,31 @@ at::Tensor param_as_acc(const std::optional<at::Tensor>& p, at::ScalarType acc, 
   return out;
 }
 
-const void* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+const void* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
 
-bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+bool defined(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined();
+}
 
 // Shared body of the four forward ops. residual is null for the plain ops.
 std::vector<at::Tensor> row_norm_forward(const char* op, const at::Tensor& input_, const at::Tensor* residual_,
                                          std::optional<at::ScalarType> residual_dtype, at::IntArrayRef normalized_shape,
-                                         const std::optional<at::Tensor>& weight,
-                                         const std::optional<at::Tensor>& bias, double eps, bool zero_centered,
-                                         bool rms) {
+                                         const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                                         double eps, bool zero_centered, bool rms) {
   const RowShape shape = check_row_norm_inputs(op, input_, normalized_shape, weight, bias, eps);
   TORCH_CHECK(input_.device().is_cpu(), op, ": expected a CPU input, got ", input_.device());
   at::ScalarType h_dtype = input_.scalar_type();
   if (residual_ != nullptr) h_dtype = check_add_norm_inputs(op, input_, *residual_, residual_dtype);
   if (residual_ != nullptr && add_norm_needs_unfused_sum(*residual_, h_dtype)) {
     const at::Tensor h = residual_stream_unfused(input_, *residual_, h_dtype);
-    auto result = row_norm_forward(op, h, nullptr, std::nullopt, normalized_shape, weight, bias, eps, zero_centered, rms);
+    auto result =
+        row_norm_forward(op, h, nullptr, std::nullopt, normalized_shape, weight, bias, eps, zero_centered, rms);
     result.insert(result.begin() + 1, h);
     return result;
   }

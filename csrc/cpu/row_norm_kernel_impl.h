@@ -180,8 +180,7 @@ template <typename in_t, typename saved_t>
 void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_residual, saved_t* dx,
                       const at::opmath_type<in_t>* mean, const at::opmath_type<in_t>* rstd,
                       const at::opmath_type<in_t>* w, const at::opmath_type<in_t>* b, at::opmath_type<in_t>* dw_out,
-                      at::opmath_type<in_t>* db_out, int64_t rows, int64_t cols, bool saved_is_output,
-                      bool rms) {
+                      at::opmath_type<in_t>* db_out, int64_t rows, int64_t cols, bool saved_is_output, bool rms) {
   using acc_t = at::opmath_type<in_t>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size();
@@ -273,11 +272,10 @@ void row_norm_fwd(const RowNormFwdArgs& a) {
     using acc_t = at::opmath_type<in_t>;
     const auto run = [&](auto h_tag) {
       using h_t = decltype(h_tag);
-      row_norm_fwd_cpu<in_t, h_t>(static_cast<const in_t*>(a.x), static_cast<const h_t*>(a.residual),
-                                  static_cast<h_t*>(a.residual_out), static_cast<in_t*>(a.y),
-                                  static_cast<acc_t*>(a.mean), static_cast<acc_t*>(a.rstd),
-                                  static_cast<const acc_t*>(a.w), static_cast<const acc_t*>(a.b), a.rows, a.cols,
-                                  a.eps, a.rms);
+      row_norm_fwd_cpu<in_t, h_t>(
+          static_cast<const in_t*>(a.x), static_cast<const h_t*>(a.residual), static_cast<h_t*>(a.residual_out),
+          static_cast<in_t*>(a.y), static_cast<acc_t*>(a.mean), static_cast<acc_t*>(a.rstd),
+          static_cast<const acc_t*>(a.w), static_cast<const acc_t*>(a.b), a.rows, a.cols, a.eps, a.rms);
     };
     // The residual stream is the input's dtype or float32 (checked by the caller).
     if (a.h_dtype == a.in_dtype) {

@@ -738,7 +738,8 @@ std::vector<at::Tensor> row_norm_forward(const char* op, const at::Tensor& input
   if (residual_ != nullptr) h_dtype = check_add_norm_inputs(op, input_, *residual_, residual_dtype);
   if (residual_ != nullptr && add_norm_needs_unfused_sum(*residual_, h_dtype)) {
     const at::Tensor h = residual_stream_unfused(input_, *residual_, h_dtype);
-    auto result = row_norm_forward(op, h, nullptr, std::nullopt, normalized_shape, weight, bias, eps, zero_centered, rms);
+    auto result =
+        row_norm_forward(op, h, nullptr, std::nullopt, normalized_shape, weight, bias, eps, zero_centered, rms);
     result.insert(result.begin() + 1, h);
     return result;
   }
