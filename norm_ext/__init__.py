@@ -8,8 +8,9 @@ import torch
 
 from . import _C  # noqa: F401  (loads the shared library, which registers the ops)
 from . import ops  # noqa: F401  (fake kernels and autograd formulas)
-from . import functional, nn
-from .functional import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+from . import distributed, functional, nn
+from .distributed import convert_sync_batchnorm, revert_sync_batchnorm
+from .functional import add_layer_norm, add_rms_norm, batch_norm, layer_norm, rms_norm
 
 __all__ = [
     "functional",
@@ -18,6 +19,10 @@ __all__ = [
     "rms_norm",
     "add_layer_norm",
     "add_rms_norm",
+    "batch_norm",
+    "distributed",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
     "has_cuda_kernels",
 ]
 
