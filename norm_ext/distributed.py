@@ -71,7 +71,9 @@ def all_gather_stats(
     channels = mean.numel()
     local = torch.cat([count.reshape(1).to(torch.float64), mean.to(torch.float64), m2.to(torch.float64)])
     gathered = _all_gather(local, group_name).view(-1, 2 * channels + 1)
-    total, global_mean, global_m2 = merge_stats(gathered[:, 0], gathered[:, 1 : channels + 1], gathered[:, channels + 1 :])
+    total, global_mean, global_m2 = merge_stats(
+        gathered[:, 0], gathered[:, 1 : channels + 1], gathered[:, channels + 1 :]
+    )
     if values_per_channel_bound <= 1 and not torch.compiler.is_compiling() and int(total) == 1:
         raise ValueError("Expected more than 1 value per channel when training, got 1 across the process group")
     return total, global_mean.to(mean.dtype), global_m2.to(mean.dtype)
@@ -106,7 +108,8 @@ def convert_sync_batchnorm(
     from .nn import MaskedBatchNorm1d, SyncBatchNorm
 
     out = module
-    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, MaskedBatchNorm1d):
+    convertible = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    if convertible and not isinstance(module, (MaskedBatchNorm1d, SyncBatchNorm)):
         out = SyncBatchNorm(
             module.num_features,
             module.eps,
@@ -125,10 +128,10 @@ def convert_sync_batchnorm(
 def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """Replaces every SyncBatchNorm (norm_ext's or torch's) with :class:`norm_ext.nn.BatchNormNd`,
     for single-device use or export. Parameters and buffers are the same objects afterwards."""
-    from .nn import BatchNormNd
+    from .nn import BatchNormNd, SyncBatchNorm
 
     out = module
-    if isinstance(module, torch.nn.SyncBatchNorm):
+    if isinstance(module, (SyncBatchNorm, torch.nn.SyncBatchNorm)):
         out = BatchNormNd(
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
         )

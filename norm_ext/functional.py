@@ -167,8 +167,7 @@ def _check_batch_norm_args(
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (channels,):
             raise ValueError(
-                f"batch_norm: {name} should have shape ({channels},), one value per input channel, "
-                f"got {tuple(t.shape)}"
+                f"batch_norm: {name} should have shape ({channels},), one value per input channel, got {tuple(t.shape)}"
             )
 
 

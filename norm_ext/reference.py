@@ -118,9 +118,7 @@ def masked_batch_norm(
     """MaskedBatchNorm1d: x (B, T, C), pad_mask (B, T) with True = padding. BatchNorm of the packed
     valid tokens, scattered back; padded positions are 0."""
     valid = ~pad_mask
-    packed, new_mean, new_var = batch_norm(
-        x[valid], running_mean, running_var, weight, bias, training, momentum, eps
-    )
+    packed, new_mean, new_var = batch_norm(x[valid], running_mean, running_var, weight, bias, training, momentum, eps)
     out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     out[valid] = packed
     return out, new_mean, new_var

@@ -117,11 +117,14 @@ def test_large_offset_and_variance_below_eps(device, fmt):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("momentum", [0.1, None])
-@pytest.mark.parametrize("cls,torch_cls,shape", [
-    (norm_ext.nn.BatchNorm1d, torch.nn.BatchNorm1d, (6, 4, 5)),
-    (norm_ext.nn.BatchNorm2d, torch.nn.BatchNorm2d, (3, 4, 5, 6)),
-    (norm_ext.nn.BatchNorm3d, torch.nn.BatchNorm3d, (2, 4, 3, 4, 5)),
-])
+@pytest.mark.parametrize(
+    "cls,torch_cls,shape",
+    [
+        (norm_ext.nn.BatchNorm1d, torch.nn.BatchNorm1d, (6, 4, 5)),
+        (norm_ext.nn.BatchNorm2d, torch.nn.BatchNorm2d, (3, 4, 5, 6)),
+        (norm_ext.nn.BatchNorm3d, torch.nn.BatchNorm3d, (2, 4, 3, 4, 5)),
+    ],
+)
 def test_modules_match_torch(device, momentum, cls, torch_cls, shape):
     ours = cls(4, momentum=momentum, device=device)
     theirs = torch_cls(4, momentum=momentum, device=device, dtype=torch.float64)
@@ -188,8 +191,15 @@ def test_masked_batch_norm(device):
     bn.eval()
     x = torch.randn(2, 4, 6, device=device)
     mask = torch.tensor([[False, False, True, True], [False, True, True, True]], device=device)
-    expected, _, _ = ref.masked_batch_norm(x.cpu(), mask.cpu(), bn.running_mean.cpu(), bn.running_var.cpu(),
-                                           bn.weight.detach().cpu(), bn.bias.detach().cpu(), training=False)
+    expected, _, _ = ref.masked_batch_norm(
+        x.cpu(),
+        mask.cpu(),
+        bn.running_mean.cpu(),
+        bn.running_var.cpu(),
+        bn.weight.detach().cpu(),
+        bn.bias.detach().cpu(),
+        training=False,
+    )
     torch.testing.assert_close(bn(x, mask).double().cpu(), expected, **TOL[torch.float32])
 
 
@@ -215,7 +225,9 @@ def test_convert_and_revert_sync_batchnorm():
     assert synced[1].weight.dtype == torch.float64 and synced[1].num_batches_tracked is not None
     # State dicts are interchangeable with torch.nn.SyncBatchNorm's.
     torch_synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
-        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.BatchNorm1d(4)))
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.BatchNorm1d(4))
+        )
     ).double()
     torch_synced.load_state_dict(synced.state_dict())
     synced.load_state_dict(torch_synced.state_dict())
@@ -273,7 +285,9 @@ def test_bad_input(device):
         masked(torch.randn(2, 3, 4, device=device))
     # The ops check their own inputs too.
     with pytest.raises(ValueError, match="pad_mask must have shape"):
-        torch.ops.norm_ext.batch_norm_stats(torch.randn(4, 3, device=device), torch.zeros(5, dtype=torch.bool, device=device))
+        torch.ops.norm_ext.batch_norm_stats(
+            torch.randn(4, 3, device=device), torch.zeros(5, dtype=torch.bool, device=device)
+        )
     with pytest.raises(ValueError, match="mean must have shape"):
         torch.ops.norm_ext.batch_norm_elemt(x, torch.zeros(2, device=device), torch.ones(3, device=device), None, None)
 

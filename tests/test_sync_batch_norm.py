@@ -18,7 +18,9 @@ import torch.multiprocessing as mp
 
 pytestmark = [
     pytest.mark.distributed,
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+    ),
 ]
 
 CHANNELS = 5
@@ -127,8 +129,22 @@ def _group_sum(t, group):
     return t
 
 
-def _check_sync_parity(rank, members, group, sizes, spatial, dtype=torch.float32, fmt=None, momentum=0.1,
-                       offset=1.0, scale=2.0, steps=2, compiled=False, var_rtol=1e-4, tol=None):
+def _check_sync_parity(
+    rank,
+    members,
+    group,
+    sizes,
+    spatial,
+    dtype=torch.float32,
+    fmt=None,
+    momentum=0.1,
+    offset=1.0,
+    scale=2.0,
+    steps=2,
+    compiled=False,
+    var_rtol=1e-4,
+    tol=None,
+):
     import norm_ext
     from norm_ext import reference as ref
 
@@ -141,7 +157,9 @@ def _check_sync_parity(rank, members, group, sizes, spatial, dtype=torch.float32
     forward = torch.compile(module, fullgraph=True) if compiled else module
     ref_mean, ref_var = module.running_mean.double(), module.running_var.double()
     for step in range(steps):
-        xs = [(torch.randn((n, CHANNELS, *s), generator=gen) * scale + offset).to(dtype) for n, s in zip(sizes, spatial)]
+        xs = [
+            (torch.randn((n, CHANNELS, *s), generator=gen) * scale + offset).to(dtype) for n, s in zip(sizes, spatial)
+        ]
         grads = [torch.randn(x.shape, generator=gen).to(dtype) for x in xs]
         x = xs[index].clone()
         if fmt is not None:
@@ -190,7 +208,9 @@ def _eager_scenarios(rank, world_size):
     # The fp32 mean itself is only good to an ulp of 1e4 (1e-3, a tenth of the std), which bounds the
     # output's accuracy; the variance must still be exact.
     offset_tol = dict(atol=0.1, rtol=0.0)
-    _check_sync_parity(rank, ranks, world, [2, 2, 1, 3], sq, offset=1e4, scale=1e-2, steps=1, var_rtol=2e-3, tol=offset_tol)
+    _check_sync_parity(
+        rank, ranks, world, [2, 2, 1, 3], sq, offset=1e4, scale=1e-2, steps=1, var_rtol=2e-3, tol=offset_tol
+    )
     _check_sync_parity(rank, ranks, world, [2, 2, 1, 3], sq, offset=1.0, scale=1e-4, steps=1, var_rtol=1e-3)
 
     # Subgroups {0, 1} and {2, 3}: each group's statistics are its own members' only.

@@ -21,9 +21,13 @@
 
 namespace norm_ext {
 
-inline at::ScalarType bn_acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+inline at::ScalarType bn_acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
 
-inline bool bn_defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+inline bool bn_defined(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined();
+}
 
 struct ChannelView {
   bool channels_last;
@@ -32,11 +36,15 @@ struct ChannelView {
   int64_t inner;  // channels-first: prod(spatial); channels-last: 1
 };
 
-inline bool is_channels_last_dense(const at::Tensor& t) { return t.movedim(1, -1).is_contiguous(); }
+inline bool is_channels_last_dense(const at::Tensor& t) {
+  return t.movedim(1, -1).is_contiguous();
+}
 
 // (N, C) input is always read as rows (the pad mask indexes rows); higher-rank input keeps a
 // channels-last layout when it has one and is made contiguous otherwise.
-inline bool use_channels_last(const at::Tensor& input) { return input.dim() == 2 || is_channels_last_dense(input); }
+inline bool use_channels_last(const at::Tensor& input) {
+  return input.dim() == 2 || is_channels_last_dense(input);
+}
 
 // Brings `t` into the layout the kernels read: channels-last dense, or contiguous.
 inline at::Tensor to_bn_layout(const at::Tensor& t, bool channels_last) {
@@ -64,8 +72,8 @@ inline void check_bn_input(const char* op, const at::Tensor& input) {
 // mean / invstd / the backward's per-channel means: (C,) floating tensors on the input's device.
 inline void check_channel_vector(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input) {
   check_same_device(op, name, t, input);
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == input.size(1), op, ": ", name, " must have shape [",
-                    input.size(1), "] (one value per channel of the input), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == input.size(1), op, ": ", name, " must have shape [", input.size(1),
+                    "] (one value per channel of the input), got ", t.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ",
                    t.scalar_type());
 }
@@ -74,8 +82,8 @@ inline void check_channel_vector(const char* op, const char* name, const at::Ten
 // with float64 input are accepted too, since modules keep float32 parameters by default.
 inline void check_bn_param(const char* op, const char* name, const at::Tensor& p, const at::Tensor& input) {
   check_same_device(op, name, p, input);
-  TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == input.size(1), op, ": ", name, " must have shape [",
-                    input.size(1), "] (one value per channel of the input), got ", p.sizes());
+  TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == input.size(1), op, ": ", name, " must have shape [", input.size(1),
+                    "] (one value per channel of the input), got ", p.sizes());
   TORCH_CHECK_TYPE(p.scalar_type() == input.scalar_type() || p.scalar_type() == at::kFloat, op, ": ", name,
                    " must have the input's dtype (", input.scalar_type(), ") or float32, got ", p.scalar_type());
 }
@@ -89,8 +97,7 @@ inline void check_bn_affine(const char* op, const at::Tensor& input, const std::
 inline void check_pad_mask(const char* op, const std::optional<at::Tensor>& pad_mask, const at::Tensor& input) {
   if (!bn_defined(pad_mask)) return;
   check_same_device(op, "pad_mask", *pad_mask, input);
-  TORCH_CHECK_VALUE(input.dim() == 2, op, ": pad_mask needs an (N, C) input, got an input of shape ",
-                    input.sizes());
+  TORCH_CHECK_VALUE(input.dim() == 2, op, ": pad_mask needs an (N, C) input, got an input of shape ", input.sizes());
   TORCH_CHECK_TYPE(pad_mask->scalar_type() == at::kBool, op, ": pad_mask must be a bool tensor, got ",
                    pad_mask->scalar_type());
   TORCH_CHECK_VALUE(pad_mask->dim() == 1 && pad_mask->size(0) == input.size(0), op, ": pad_mask must have shape [",
@@ -112,7 +119,9 @@ struct ChannelAffine {
   at::Tensor dy_scale;  // undefined in the forward
 };
 
-inline at::Tensor as_acc_vector(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
+inline at::Tensor as_acc_vector(const at::Tensor& t, at::ScalarType acc) {
+  return t.to(acc).contiguous();
+}
 
 inline ChannelAffine forward_affine(const at::Tensor& mean, const at::Tensor& invstd,
                                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
@@ -125,8 +134,7 @@ inline ChannelAffine forward_affine(const at::Tensor& mean, const at::Tensor& in
 
 // dx = a * (dy - mean_dy - x_hat * mean_dy_xhat), a = weight * invstd, x_hat = (x - mean) * invstd.
 inline ChannelAffine backward_affine(const at::Tensor& mean, const at::Tensor& invstd,
-                                     const std::optional<at::Tensor>& weight,
-                                     const std::optional<at::Tensor>& mean_dy,
+                                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean_dy,
                                      const std::optional<at::Tensor>& mean_dy_xhat, at::ScalarType acc) {
   const at::Tensor inv = as_acc_vector(invstd, acc);
   at::Tensor a = bn_defined(weight) ? inv * weight->to(acc) : inv.clone();

@@ -221,8 +221,8 @@ void stats_channels_last(const in_t* x, const bool* pad, const ChannelView& v, c
   for (int64_t c = 0; c < C; ++c) {
     WelfordState<acc_t> s{static_cast<acc_t>(block_count[0]), block_mean[c], block_m2[c]};
     for (int64_t b = 1; b < nb; ++b) {
-      s = welford_merge(s, WelfordState<acc_t>{static_cast<acc_t>(block_count[b]), block_mean[b * C + c],
-                                               block_m2[b * C + c]});
+      s = welford_merge(
+          s, WelfordState<acc_t>{static_cast<acc_t>(block_count[b]), block_mean[b * C + c], block_m2[b * C + c]});
     }
     mean_out[c] = shift[c] + s.mean;
     m2_out[c] = s.m2;
@@ -407,7 +407,9 @@ void check_cpu(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.device().is_cpu(), op, ": expected CPU tensors, got input on ", input.device());
 }
 
-const bool* mask_ptr(const at::Tensor& mask) { return mask.defined() ? mask.const_data_ptr<bool>() : nullptr; }
+const bool* mask_ptr(const at::Tensor& mask) {
+  return mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+}
 
 at::Tensor mask_or_undefined(const std::optional<at::Tensor>& pad_mask) {
   return bn_defined(pad_mask) ? pad_mask->contiguous() : at::Tensor();
@@ -431,8 +433,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Te
       using acc_t = at::opmath_type<scalar_t>;
       const at::Tensor shift = bn_channel_shift(input, mask, mean.scalar_type());
       if (cl) {
-        stats_channels_last<scalar_t>(input.const_data_ptr<scalar_t>(), mask_ptr(mask), v, shift.const_data_ptr<acc_t>(),
-                                      mean.mutable_data_ptr<acc_t>(), m2.mutable_data_ptr<acc_t>());
+        stats_channels_last<scalar_t>(input.const_data_ptr<scalar_t>(), mask_ptr(mask), v,
+                                      shift.const_data_ptr<acc_t>(), mean.mutable_data_ptr<acc_t>(),
+                                      m2.mutable_data_ptr<acc_t>());
       } else {
         stats_channels_first<scalar_t>(input.const_data_ptr<scalar_t>(), v, shift.const_data_ptr<acc_t>(),
                                        mean.mutable_data_ptr<acc_t>(), m2.mutable_data_ptr<acc_t>());
@@ -479,9 +482,8 @@ at::Tensor batch_norm_elemt_cpu(const at::Tensor& input_, const at::Tensor& mean
   return run_affine(input, nullptr, mask_or_undefined(pad_mask), cl, coefs);
 }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce_cpu(const at::Tensor& grad_out_,
-                                                                  const at::Tensor& input_, const at::Tensor& mean_,
-                                                                  const at::Tensor& invstd,
+std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce_cpu(const at::Tensor& grad_out_, const at::Tensor& input_,
+                                                                  const at::Tensor& mean_, const at::Tensor& invstd,
                                                                   const std::optional<at::Tensor>& pad_mask) {
   constexpr const char* op = "batch_norm_backward_reduce";
   check_bn_input(op, input_);
@@ -517,9 +519,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce_cpu(const at::Tens
   return {sum_dy, sum_dy_xmu * invstd.to(acc)};
 }
 
-at::Tensor batch_norm_backward_elemt_cpu(const at::Tensor& grad_out_, const at::Tensor& input_,
-                                         const at::Tensor& mean, const at::Tensor& invstd,
-                                         const std::optional<at::Tensor>& weight,
+at::Tensor batch_norm_backward_elemt_cpu(const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& mean,
+                                         const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
                                          const std::optional<at::Tensor>& mean_dy,
                                          const std::optional<at::Tensor>& mean_dy_xhat,
                                          const std::optional<at::Tensor>& pad_mask) {

@@ -158,9 +158,13 @@ __global__ void merge_partials_kernel(Reducer red, const typename Reducer::State
   red.store(c, s);
 }
 
-int64_t target_blocks() { return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8; }
+int64_t target_blocks() {
+  return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 8;
+}
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 template <typename Reducer>
 void launch_reduction(const Reducer& red, const ChannelView& v, const bool* pad, const at::Tensor& like) {
@@ -254,7 +258,9 @@ ChannelView kernel_view(const at::Tensor& input, bool cl) {
   return v;
 }
 
-const bool* mask_ptr(const at::Tensor& mask) { return mask.defined() ? mask.const_data_ptr<bool>() : nullptr; }
+const bool* mask_ptr(const at::Tensor& mask) {
+  return mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+}
 
 at::Tensor mask_or_undefined(const std::optional<at::Tensor>& pad_mask) {
   return bn_defined(pad_mask) ? pad_mask->contiguous() : at::Tensor();
@@ -301,9 +307,10 @@ at::Tensor run_affine(const at::Tensor& input, const at::Tensor* grad_out, const
     if (v.channels_last) {
       const int64_t column_blocks = ceil_div(v.channels, kColumns);
       const int64_t row_blocks = std::min(ceil_div(v.outer, kRowsPerBlock), kMaxGridY);
-      affine_channels_last_kernel<scalar_t><<<dim3(column_blocks, row_blocks), dim3(kColumns, kRowsPerBlock), 0,
-                                              stream>>>(input.const_data_ptr<scalar_t>(), dy, mask_ptr(mask),
-                                                        out.mutable_data_ptr<scalar_t>(), k, v.outer, v.channels);
+      affine_channels_last_kernel<scalar_t>
+          <<<dim3(column_blocks, row_blocks), dim3(kColumns, kRowsPerBlock), 0, stream>>>(
+              input.const_data_ptr<scalar_t>(), dy, mask_ptr(mask), out.mutable_data_ptr<scalar_t>(), k, v.outer,
+              v.channels);
     } else {
       const int64_t planes = v.outer * v.channels;
       const int64_t inner_blocks = std::min<int64_t>(ceil_div(v.inner, kThreads), 1024);
@@ -366,9 +373,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce_cuda(const at::Ten
   return {sum_dy, sum_dy_xmu * invstd.to(acc)};
 }
 
-at::Tensor batch_norm_backward_elemt_cuda(const at::Tensor& grad_out_, const at::Tensor& input_,
-                                          const at::Tensor& mean, const at::Tensor& invstd,
-                                          const std::optional<at::Tensor>& weight,
+at::Tensor batch_norm_backward_elemt_cuda(const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& mean,
+                                          const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
                                           const std::optional<at::Tensor>& mean_dy,
                                           const std::optional<at::Tensor>& mean_dy_xhat,
                                           const std::optional<at::Tensor>& pad_mask) {

@@ -89,7 +89,7 @@ class BatchNormNd(_BatchNorm):
         return _module_forward(self, input)
 
 
-class SyncBatchNorm(torch.nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNorm):
     """:class:`torch.nn.SyncBatchNorm` with norm_ext's kernels, on CPU (gloo) as well as CUDA (NCCL).
 
     In training mode the batch statistics are those of the whole ``process_group`` (default: the
@@ -101,12 +101,39 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
 
     Weight and bias gradients are each rank's local sums, as in torch: wrap the model in
     DistributedDataParallel (which averages gradients) as with torch.nn.SyncBatchNorm.
+
+    It mirrors torch.nn.SyncBatchNorm (constructor, attributes, state_dict keys) but does not
+    subclass it: DistributedDataParallel rejects torch.nn.SyncBatchNorm instances in CPU modules.
     """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Optional[Any] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        self._check_non_zero_input_channels(input)
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
         return _module_forward(self, input, sync=True, process_group=self.process_group)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group: Optional[Any] = None) -> torch.nn.Module:
+        """See :func:`norm_ext.convert_sync_batchnorm`."""
+        return distributed.convert_sync_batchnorm(module, process_group)
 
 
 class MaskedBatchNorm1d(_BatchNorm):
@@ -148,8 +175,9 @@ class MaskedBatchNorm1d(_BatchNorm):
             if pad_mask.dtype != torch.bool:
                 raise TypeError(f"MaskedBatchNorm1d: pad_mask must be a bool tensor, got {pad_mask.dtype}")
             if tuple(pad_mask.shape) != (batch, steps):
+                expected = (batch, steps)
                 raise ValueError(
-                    f"MaskedBatchNorm1d: pad_mask must have shape (B, T) = {(batch, steps)}, got {tuple(pad_mask.shape)}"
+                    f"MaskedBatchNorm1d: pad_mask must have shape (B, T) = {expected}, got {tuple(pad_mask.shape)}"
                 )
             rows_mask = pad_mask.reshape(-1)
         sync = self.process_group is not None
