@@ -5,7 +5,7 @@ import torch
 
 import norm_ext
 from norm_ext import reference as ref
-from tests.conftest import DEVICES, needs_cuda
+from tests.conftest import DEVICES
 
 # (output, dx, dweight/dbias, running stats) tolerances per input dtype.
 TOL = {
@@ -342,12 +342,13 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(dict(compiled.named_buffers())[name], buf)
 
 
-@needs_cuda
-def test_cuda_channels_last_odd_channels_large_spatial():
-    # C = 65 is not a multiple of the 32-channel column blocks; H*W is large enough for many row splits.
-    x = torch.randn(2, 65, 96, 96, device="cuda").contiguous(memory_format=torch.channels_last) * 2 + 3
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_odd_channels_large_spatial(device):
+    # C = 65 is not a multiple of the CUDA kernels' 32-channel column blocks nor of the CPU vector
+    # width; H*W is large enough for many row splits / blocks.
+    x = torch.randn(2, 65, 96, 96, device=device).contiguous(memory_format=torch.channels_last) * 2 + 3
     x.requires_grad_()
-    weight = torch.randn(65, device="cuda", requires_grad=True)
+    weight = torch.randn(65, device=device, requires_grad=True)
     out = norm_ext.batch_norm(x, None, None, weight, None, True)
     grad = torch.randn_like(out)
     dx, dw = _grads(out, (x, weight), grad)

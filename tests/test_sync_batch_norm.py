@@ -8,6 +8,8 @@ spawn of 2 workers runs the torch.compile one; workers use one thread each.
 import datetime
 import os
 import socket
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -42,10 +44,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world_size, port, fn):
+def _entry(rank, world_size, port, fn, backend):
     torch.set_num_threads(1)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
     dist.init_process_group(
-        "gloo",
+        backend,
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
@@ -57,10 +61,10 @@ def _entry(rank, world_size, port, fn):
         dist.destroy_process_group()
 
 
-def _spawn(fn, world_size, timeout=240):
+def _spawn(fn, world_size, timeout=240, backend="gloo"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = mp.start_processes(
-        _entry, args=(world_size, _free_port(), fn), nprocs=world_size, join=False, start_method="spawn"
+        _entry, args=(world_size, _free_port(), fn, backend), nprocs=world_size, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=5):
@@ -278,3 +282,41 @@ def test_sync_batch_norm_gloo_scenarios():
 
 def test_sync_batch_norm_torch_compile_fullgraph():
     _spawn(_compiled_scenario, 2)
+
+
+def _nccl_scenario(rank, world_size):
+    # World size 1: SyncBatchNorm is plain BatchNorm, and the exchange itself runs over NCCL.
+    import norm_ext
+    from norm_ext import distributed
+    from norm_ext import reference as ref
+
+    x = torch.randn(4, CHANNELS, 6, 6, device="cuda").contiguous(memory_format=torch.channels_last)
+    out = norm_ext.nn.SyncBatchNorm(CHANNELS, device="cuda")(x)
+    expected, _, _ = ref.batch_norm(x, training=True)
+    torch.testing.assert_close(out.double(), expected, **TOL[torch.float32])
+    count, mean, m2 = torch.ops.norm_ext.batch_norm_stats(x)
+    group_name = dist.group.WORLD.group_name
+    merged = distributed.all_gather_stats(count.double(), mean, m2, group_name, values_per_channel_bound=144)
+    torch.testing.assert_close(merged[0], count.double())
+    torch.testing.assert_close(merged[1], mean)
+    torch.testing.assert_close(merged[2], m2)
+    sums = distributed.all_reduce_sums(mean, m2, group_name)
+    torch.testing.assert_close(sums[0], mean)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs a CUDA GPU and NCCL")
+def test_sync_batch_norm_nccl_world_size_one():
+    _spawn(_nccl_scenario, 1, backend="nccl")
+
+
+def test_ddp_example_runs_on_cpu():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(_free_port()), os.path.join(root, "examples", "train_syncbn.py"), "--steps", "3",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "running stats identical on all ranks" in result.stdout
