@@ -7,7 +7,8 @@
 //  * channels-last ([rows][C]): 32x8 blocks; threadIdx.x indexes 32 consecutive channels of a row
 //    (one 128-byte transaction for fp32), threadIdx.y and blockIdx.y stride over rows. A C that is
 //    not a multiple of 32 (C = 65) leaves the tail lanes of the last column block idle.
-// The element-wise kernels use the same two mappings. Every offset is int64.
+// The element-wise kernels use the same two mappings, with 128-bit accesses on aligned
+// channels-first planes. Every offset is int64.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,6 +21,7 @@
 #include <algorithm>
 
 #include "common/batch_norm.h"
+#include "common/vec.h"
 #include "common/welford.h"
 
 namespace norm_ext {
@@ -216,17 +218,31 @@ __device__ __forceinline__ in_t affine_value(const in_t* x, const in_t* dy, int6
   return static_cast<in_t>(r);
 }
 
-template <typename in_t>
+// Each thread handles kVec consecutive values of a plane with 128-bit loads and stores when every
+// plane starts 16-byte aligned (aligned base pointers and inner % kVec == 0); kVec = 1 otherwise.
+template <typename in_t, int kVec>
 __global__ void affine_channels_first_kernel(const in_t* x, const in_t* dy, in_t* out, AffineCoefs<acc_type<in_t>> k,
                                              int64_t planes, int64_t channels, int64_t inner) {
   using acc_t = acc_type<in_t>;
+  const int64_t chunks = inner / kVec;
   for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
     const int64_t c = plane % channels;
     const acc_t m = k.mean[c], s = k.scale[c], t = k.shift[c], a = dy != nullptr ? k.dy_scale[c] : acc_t(0);
     const int64_t base = plane * inner;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < inner;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      out[base + i] = affine_value(x, dy, base + i, m, s, t, a);
+    for (int64_t chunk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; chunk < chunks;
+         chunk += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      const int64_t off = base + chunk * kVec;
+      const AlignedVector<in_t, kVec> xv = load_vector<in_t, kVec>(x + off);
+      AlignedVector<in_t, kVec> gv;
+      if (dy != nullptr) gv = load_vector<in_t, kVec>(dy + off);
+      AlignedVector<in_t, kVec> ov;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        acc_t r = (static_cast<acc_t>(xv.val[j]) - m) * s + t;
+        if (dy != nullptr) r += a * static_cast<acc_t>(gv.val[j]);
+        ov.val[j] = static_cast<in_t>(r);
+      }
+      store_vector<in_t, kVec>(out + off, ov);
     }
   }
 }
@@ -312,10 +328,20 @@ at::Tensor run_affine(const at::Tensor& input, const at::Tensor* grad_out, const
               input.const_data_ptr<scalar_t>(), dy, mask_ptr(mask), out.mutable_data_ptr<scalar_t>(), k, v.outer,
               v.channels);
     } else {
+      constexpr int kVec = vec_width_128<scalar_t>();
+      const bool vectorized = v.inner % kVec == 0 && is_aligned<16>(input.const_data_ptr()) &&
+                              is_aligned<16>(out.const_data_ptr()) && (dy == nullptr || is_aligned<16>(dy));
       const int64_t planes = v.outer * v.channels;
-      const int64_t inner_blocks = std::min<int64_t>(ceil_div(v.inner, kThreads), 1024);
-      affine_channels_first_kernel<scalar_t><<<dim3(inner_blocks, std::min(planes, kMaxGridY)), kThreads, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), dy, out.mutable_data_ptr<scalar_t>(), k, planes, v.channels, v.inner);
+      const int64_t per_thread = vectorized ? kVec : 1;
+      const int64_t inner_blocks = std::min<int64_t>(ceil_div(v.inner, kThreads * per_thread), 1024);
+      const dim3 grid(inner_blocks, std::min(planes, kMaxGridY));
+      if (vectorized) {
+        affine_channels_first_kernel<scalar_t, kVec><<<grid, kThreads, 0, stream>>>(
+            input.const_data_ptr<scalar_t>(), dy, out.mutable_data_ptr<scalar_t>(), k, planes, v.channels, v.inner);
+      } else {
+        affine_channels_first_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(
+            input.const_data_ptr<scalar_t>(), dy, out.mutable_data_ptr<scalar_t>(), k, planes, v.channels, v.inner);
+      }
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
