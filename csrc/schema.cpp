@@ -72,4 +72,27 @@ TORCH_LIBRARY(norm_ext, m) {
   m.def(
       "group_norm_backward(Tensor grad_out, Tensor input, int num_groups, Tensor mean, Tensor rstd, Tensor? weight, "
       "Tensor? bias, str? activation=None) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
+  // Batch norm family (BatchNorm, SyncBatchNorm, MaskedBatchNorm1d). The input is (N, C, *) in any
+  // layout whose channels are either outermost-but-one (NCHW) or innermost (channels_last, (N, C)).
+  // pad_mask, for (N, C) input only, is an (N,) bool tensor; True rows (padding) are left out of the
+  // statistics and get output 0 and gradient 0. Statistics are float32 (float64 for float64 input).
+  // batch_norm_stats: per-channel Welford (count, mean, m2); count is an int64 scalar tensor, and
+  // an empty input gives count 0, mean 0, m2 0 so that ranks can merge it by Chan's formula.
+  m.def("batch_norm_stats(Tensor input, Tensor? pad_mask=None) -> (Tensor count, Tensor mean, Tensor m2)");
+  // y = (x - mean[c]) * invstd[c] * weight[c] + bias[c]; the output keeps the input's layout.
+  m.def(
+      "batch_norm_elemt(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
+      "Tensor? pad_mask=None) -> Tensor");
+  // Per-channel sum(dy) and sum(dy * x_hat), x_hat = (x - mean) * invstd. These are also the
+  // gradients of bias and weight.
+  m.def(
+      "batch_norm_backward_reduce(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, "
+      "Tensor? pad_mask=None) -> (Tensor sum_dy, Tensor sum_dy_xhat)");
+  // dx = weight * invstd * (dy - mean_dy - x_hat * mean_dy_xhat), the means taken over the (global)
+  // batch. With mean_dy / mean_dy_xhat absent (statistics that do not depend on x, as in eval mode)
+  // dx = weight * invstd * dy.
+  m.def(
+      "batch_norm_backward_elemt(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, Tensor? weight, "
+      "Tensor? mean_dy, Tensor? mean_dy_xhat, Tensor? pad_mask=None) -> Tensor grad_input");
 }

@@ -7,14 +7,24 @@ torch.compile, and an autograd formula whose backward is itself an op.
 import torch
 
 from . import (
-    _C,  # noqa: F401  (loads the shared library, which registers the ops)
+    _C,  # noqa: F401  (loads the shared library, which registers the ops; must come first)
+    distributed,
     functional,
     models,
     nn,
     ops,  # noqa: F401  (fake kernels and autograd formulas)
 )
+from .distributed import convert_sync_batchnorm, revert_sync_batchnorm
 from .fold import FoldReport, fold_batchnorm
-from .functional import add_layer_norm, add_rms_norm, group_norm, instance_norm, layer_norm, rms_norm
+from .functional import (
+    add_layer_norm,
+    add_rms_norm,
+    batch_norm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    rms_norm,
+)
 from .parametrizations import remove_weight_norm, weight_norm
 from .patching import ReplaceReport, replace_norms
 
@@ -32,6 +42,10 @@ __all__ = [
     "FoldReport",
     "group_norm",
     "instance_norm",
+    "batch_norm",
+    "distributed",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
     "has_cuda_kernels",
     "replace_norms",
     "ReplaceReport",

@@ -1,12 +1,145 @@
-"""Cross-rank reductions of normalization statistics (torch.distributed: gloo on CPU, NCCL on GPU)."""
+"""Everything norm_ext exchanges between ranks: SyncBatchNorm's statistics and gradient sums, and the
+module conversions.
+
+Per training step a synchronised batch norm runs exactly two collectives, both through the process
+group's own backend (NCCL for CUDA tensors, gloo for CPU tensors):
+
+* forward: one all_gather of each rank's ``(count, mean, m2)`` per channel, packed in one float64
+  tensor of ``2C + 1`` values, merged by Chan's formula. Merging (count, mean, m2) rather than
+  (mean, invstd) keeps channels whose variance is below eps, and float64 keeps counts exact;
+* backward: one all_reduce of the two per-channel sums, ``sum(dy)`` and ``sum(dy * x_hat)``.
+
+Both are functional collectives (``torch.distributed._functional_collectives``): they take and
+return tensors, so torch.compile traces them into the graph (``fullgraph=True`` works), and nothing
+reads a value on the host. A rank with an empty batch sends count 0 and takes part as usual.
+"""
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+if dist.is_available():
+    from torch.distributed import _functional_collectives as funcol
+
+__all__ = ["sync_group_name", "all_gather_stats", "all_reduce_sums", "convert_sync_batchnorm", "revert_sync_batchnorm"]
+
+
+def sync_group_name(process_group: Optional[dist.ProcessGroup] = None) -> Optional[str]:
+    """The name of the group to synchronise over (the default group when ``process_group`` is None),
+    or None when there is nobody to synchronise with: torch.distributed unavailable or not
+    initialised, or a group of one rank. None makes SyncBatchNorm plain BatchNorm."""
+    if not dist.is_available() or not dist.is_initialized():
+        return None
+    group = process_group if process_group is not None else dist.group.WORLD
+    if dist.get_world_size(group) <= 1:
+        return None
+    return group.group_name
+
+
+def _all_gather(t: Tensor, group_name: str) -> Tensor:
+    # all_gather_single supersedes all_gather_tensor in newer torch; both trace under torch.compile.
+    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+    return gather(t, 0, group_name)
+
+
+def merge_stats(counts: Tensor, means: Tensor, m2s: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Chan's formula over the leading (rank) dimension: counts (R,), means/m2s (R, C).
+
+    m2 = sum_r m2_r + sum_r n_r (mean_r - mean)^2, with the deviations taken from the merged mean,
+    so no large-offset cancellation occurs. All-empty input gives count 0, mean 0, m2 0.
+    """
+    total = counts.sum()
+    weights = counts.unsqueeze(1)
+    mean = (weights * means).sum(0) / total.clamp(min=1)
+    m2 = m2s.sum(0) + (weights * (means - mean) ** 2).sum(0)
+    return total, mean, m2
+
+
+def all_gather_stats(
+    count: Tensor, mean: Tensor, m2: Tensor, group_name: str, values_per_channel_bound: int
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """This rank's (count, mean, m2) merged with every rank's in the group: one all_gather.
+
+    ``values_per_channel_bound`` is what the local shape allows (numel / C). Training on a single
+    value per channel in the whole group is an error, as in torch; the global count is read on the
+    host to check it only when this rank holds at most one value per channel, never on the hot path.
+    """
+    channels = mean.numel()
+    local = torch.cat([count.reshape(1).to(torch.float64), mean.to(torch.float64), m2.to(torch.float64)])
+    gathered = _all_gather(local, group_name).view(-1, 2 * channels + 1)
+    total, global_mean, global_m2 = merge_stats(
+        gathered[:, 0], gathered[:, 1 : channels + 1], gathered[:, channels + 1 :]
+    )
+    if values_per_channel_bound <= 1 and not torch.compiler.is_compiling() and int(total) == 1:
+        raise ValueError("Expected more than 1 value per channel when training, got 1 across the process group")
+    return total, global_mean.to(mean.dtype), global_m2.to(mean.dtype)
+
+
+def all_reduce_sums(sum_dy: Tensor, sum_dy_xhat: Tensor, group_name: str) -> Tuple[Tensor, Tensor]:
+    """The backward's per-channel sums over the group: one all_reduce."""
+    channels = sum_dy.numel()
+    reduced = funcol.all_reduce(torch.cat([sum_dy, sum_dy_xhat]), "sum", group_name)
+    return reduced[:channels], reduced[channels:]
+
+
+def _move_state(src: torch.nn.Module, dst: torch.nn.Module) -> torch.nn.Module:
+    # The same Parameter and buffer objects move over, so optimizer state, requires_grad, device and
+    # dtype are kept; dst was built on the meta device and holds nothing of its own.
+    dst.weight, dst.bias = src.weight, src.bias
+    dst.running_mean, dst.running_var = src.running_mean, src.running_var
+    dst.num_batches_tracked = src.num_batches_tracked
+    dst.train(src.training)
+    if hasattr(src, "qconfig"):
+        dst.qconfig = src.qconfig
+    return dst
+
+
+def convert_sync_batchnorm(
+    module: torch.nn.Module, process_group: Optional[dist.ProcessGroup] = None
+) -> torch.nn.Module:
+    """Replaces every BatchNorm*d (torch's or norm_ext's, and torch.nn.SyncBatchNorm) in ``module``
+    with :class:`norm_ext.nn.SyncBatchNorm` over ``process_group``, as
+    :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm` does. Parameters and buffers are the same
+    objects afterwards. MaskedBatchNorm1d is left alone (it takes its own process_group)."""
+    from .nn import MaskedBatchNorm1d, SyncBatchNorm
+
+    out = module
+    convertible = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    if convertible and not isinstance(module, (MaskedBatchNorm1d, SyncBatchNorm)):
+        out = SyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            process_group,
+            device="meta",
+        )
+        _move_state(module, out)
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, process_group))
+    return out
+
+
+def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replaces every SyncBatchNorm (norm_ext's or torch's) with :class:`norm_ext.nn.BatchNormNd`,
+    for single-device use or export. Parameters and buffers are the same objects afterwards."""
+    from .nn import BatchNormNd, SyncBatchNorm
+
+    out = module
+    if isinstance(module, (SyncBatchNorm, torch.nn.SyncBatchNorm)):
+        out = BatchNormNd(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
+        )
+        _move_state(module, out)
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out
+
 
 # ---------------------------------------------------------------------------------------------------
 # PowerNorm (issue 4b): quadratic-mean statistics.

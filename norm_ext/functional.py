@@ -15,7 +15,16 @@ _ops = torch.ops.norm_ext
 
 ShapeLike = Union[int, Sequence[int], torch.Size]
 
-__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "weight_norm", "group_norm", "instance_norm"]
+__all__ = [
+    "layer_norm",
+    "rms_norm",
+    "add_layer_norm",
+    "add_rms_norm",
+    "weight_norm",
+    "group_norm",
+    "instance_norm",
+    "batch_norm",
+]
 
 
 def _as_shape(normalized_shape: ShapeLike) -> list:
@@ -258,3 +267,103 @@ def instance_norm(
             running_mean.mul_(1.0 - momentum).add_(batch_mean.to(running_mean.dtype), alpha=momentum)
             running_var.mul_(1.0 - momentum).add_(batch_var.to(running_var.dtype), alpha=momentum)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch norm
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_batch_norm_args(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+) -> None:
+    _check_tensor("input", input)
+    if input.dim() < 2:
+        raise ValueError(f"batch_norm: expected input of shape (N, C, *), got shape {tuple(input.shape)}")
+    channels = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (channels,):
+            raise ValueError(
+                f"batch_norm: {name} should have shape ({channels},), one value per input channel, got {tuple(t.shape)}"
+            )
+
+
+def _verify_batch_size(input: Tensor) -> None:
+    values = input.numel() // max(input.shape[1], 1)
+    if values == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(input.shape)}")
+
+
+def _update_running_stats(
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    mean: Tensor,
+    m2: Tensor,
+    count: Tensor,
+    momentum: Union[float, Tensor],
+) -> None:
+    # Tensor arithmetic throughout (count and a cumulative-average momentum are tensors), so the
+    # update never reads a value on the host; an empty global batch leaves the buffers unchanged.
+    with torch.no_grad():
+        has_data = count > 0
+        unbiased_var = m2 / (count - 1).clamp(min=1)
+        for buffer, value in ((running_mean, mean), (running_var, unbiased_var)):
+            if buffer is not None:
+                updated = buffer + (value.to(buffer.dtype) - buffer) * momentum
+                buffer.copy_(torch.where(has_data, updated, buffer))
+
+
+def _batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    training: bool,
+    momentum: Union[float, Tensor],
+    eps: float,
+    *,
+    group_name: Optional[str] = None,
+    pad_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """The batch norm behind the public function and every module. ``group_name`` merges the batch
+    statistics across that process group (see norm_ext.distributed); ``pad_mask`` ((N,) bool for
+    (N, C) input, True = padding) leaves rows out of the statistics and zeroes their output."""
+    _check_batch_norm_args(input, running_mean, running_var, weight, bias)
+    if eps < 0:
+        raise ValueError(f"batch_norm: eps must be non-negative, got {eps}")
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+        return ops.BatchNormEval.apply(input, weight, bias, pad_mask, running_mean, running_var, float(eps))
+    if group_name is None and pad_mask is None:
+        _verify_batch_size(input)
+    out, mean, m2, count = ops.BatchNormTrain.apply(input, weight, bias, pad_mask, float(eps), group_name)
+    _update_running_stats(running_mean, running_var, mean, m2, count, momentum)
+    return out
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalization over every dimension but the channel dimension 1, as
+    :func:`torch.nn.functional.batch_norm`.
+
+    ``input`` is (N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W), contiguous or channels_last /
+    channels_last_3d (the output keeps that layout); fp32/fp64/fp16/bf16 with float32 (or the
+    input's dtype) parameters and running stats. Statistics are Welford / Chan in float32 (float64
+    for float64 input). With ``training=True`` the running stats, when given, are updated in place
+    with the unbiased batch variance, without any host synchronisation.
+    """
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import distributed
+
 _ops = torch.ops.norm_ext
 
 
@@ -344,6 +346,118 @@ def _group_norm_backward(ctx, grad_out, _grad_mean, _grad_rstd):
 
 
 torch.library.register_autograd("norm_ext::group_norm", _group_norm_backward, setup_context=_group_norm_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch norm family: the four ops that BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are built from,
+# and the autograd formulas composing them. The formulas are torch.autograd.Functions rather than
+# per-op register_autograd because the statistics in the middle may be merged across ranks
+# (norm_ext.distributed) between the ops of one forward, and likewise the backward's sums.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _channel_vector_like(input: Tensor) -> Tensor:
+    return input.new_empty((input.shape[1],), dtype=_acc_dtype(input.dtype))
+
+
+def _bn_output_like(input: Tensor) -> Tensor:
+    # The kernels keep a dense channels-last input's strides and make anything else contiguous.
+    if input.dim() > 2 and input.movedim(1, -1).is_contiguous():
+        return torch.empty_like(input)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("norm_ext::batch_norm_stats")
+def _batch_norm_stats_fake(input, pad_mask=None):
+    stats = _channel_vector_like(input)
+    return input.new_empty((), dtype=torch.int64), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("norm_ext::batch_norm_elemt")
+def _batch_norm_elemt_fake(input, mean, invstd, weight, bias, pad_mask=None):
+    return _bn_output_like(input)
+
+
+@torch.library.register_fake("norm_ext::batch_norm_backward_reduce")
+def _batch_norm_backward_reduce_fake(grad_out, input, mean, invstd, pad_mask=None):
+    stats = _channel_vector_like(input)
+    return stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("norm_ext::batch_norm_backward_elemt")
+def _batch_norm_backward_elemt_fake(grad_out, input, mean, invstd, weight, mean_dy, mean_dy_xhat, pad_mask=None):
+    return _bn_output_like(input)
+
+
+def _param_grad(sum_: Tensor, param: Optional[Tensor], needed: bool) -> Optional[Tensor]:
+    return sum_.to(param.dtype) if needed and param is not None else None
+
+
+class BatchNormTrain(torch.autograd.Function):
+    """Batch-statistics normalization. With ``group_name`` the per-rank (count, mean, m2) are merged
+    across that process group in the forward, and the backward's per-channel sums are all-reduced.
+
+    Returns ``(out, mean, m2, count)``: the statistics (non-differentiable) feed the running-stat
+    update. ``count`` is a float64 scalar tensor, so nothing here reads a value on the host.
+    Weight/bias gradients are this rank's own sums, as in torch.nn.SyncBatchNorm (DDP averages them).
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, pad_mask, eps: float, group_name: Optional[str]):
+        count, mean, m2 = _ops.batch_norm_stats(input, pad_mask)
+        count = count.to(torch.float64)
+        if group_name is not None:
+            bound = input.numel() // max(input.shape[1], 1)
+            count, mean, m2 = distributed.all_gather_stats(count, mean, m2, group_name, bound)
+        invstd = torch.rsqrt(m2 / count.clamp(min=1) + eps)
+        out = _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
+        ctx.save_for_backward(input, weight, bias, pad_mask, mean, invstd, count)
+        ctx.group_name = group_name
+        ctx.mark_non_differentiable(mean, m2, count)
+        return out, mean, m2, count
+
+    @staticmethod
+    def backward(ctx, grad_out, *unused_stat_grads):
+        input, weight, bias, pad_mask, mean, invstd, count = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
+        grad_weight = _param_grad(sum_dy_xhat, weight, needs_weight)
+        grad_bias = _param_grad(sum_dy, bias, needs_bias)
+        grad_input = None
+        if needs_input:
+            if ctx.group_name is not None:
+                sum_dy, sum_dy_xhat = distributed.all_reduce_sums(sum_dy, sum_dy_xhat, ctx.group_name)
+            n = count.clamp(min=1)
+            grad_input = _ops.batch_norm_backward_elemt(
+                grad_out, input, mean, invstd, weight, sum_dy / n, sum_dy_xhat / n, pad_mask
+            )
+        return grad_input, grad_weight, grad_bias, None, None, None
+
+
+class BatchNormEval(torch.autograd.Function):
+    """Normalization by fixed statistics (running stats): no reduction in the forward, and
+    dx = weight * invstd * dy."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, pad_mask, mean, var, eps: float):
+        acc = _acc_dtype(input.dtype)
+        mean = mean.to(acc)
+        invstd = torch.rsqrt(var.to(acc) + eps)
+        ctx.save_for_backward(input, weight, bias, pad_mask, mean, invstd)
+        return _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        input, weight, bias, pad_mask, mean, invstd = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_weight = grad_bias = grad_input = None
+        if needs_weight or needs_bias:
+            sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
+            grad_weight = _param_grad(sum_dy_xhat, weight, needs_weight)
+            grad_bias = _param_grad(sum_dy, bias, needs_bias)
+        if needs_input:
+            grad_input = _ops.batch_norm_backward_elemt(grad_out, input, mean, invstd, weight, None, None, pad_mask)
+        return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------

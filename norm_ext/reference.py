@@ -223,3 +223,61 @@ def instance_norm_eval(
     if bias is not None:
         y = y + _f64(bias).reshape(shape)
     return y
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """BatchNorm over every dimension but dim 1. For SyncBatchNorm pass the concatenation of all
+    ranks' batches (flattened to (N, C) when their spatial sizes differ).
+
+    Returns ``(out, new_running_mean, new_running_var)`` without modifying the inputs; the running
+    stats are None when not given or when the batch is empty (they stay unchanged then).
+    """
+    x = _f64(x)
+    dims = tuple(d for d in range(x.dim()) if d != 1)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    count = x.numel() // max(x.shape[1], 1)
+    new_mean, new_var = _f64(running_mean), _f64(running_var)
+    if training:
+        mean = x.mean(dim=dims)
+        var = ((x - mean.view(shape)) ** 2).mean(dim=dims)
+        if count > 0 and running_mean is not None:
+            unbiased = var * count / max(count - 1, 1)
+            new_mean = (1 - momentum) * new_mean + momentum * mean
+            new_var = (1 - momentum) * new_var + momentum * unbiased
+    else:
+        mean, var = new_mean, new_var
+    y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
+    if weight is not None:
+        y = y * _f64(weight).view(shape)
+    if bias is not None:
+        y = y + _f64(bias).view(shape)
+    return y, new_mean, new_var
+
+
+def masked_batch_norm(
+    x: Tensor,
+    pad_mask: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """MaskedBatchNorm1d: x (B, T, C), pad_mask (B, T) with True = padding. BatchNorm of the packed
+    valid tokens, scattered back; padded positions are 0."""
+    valid = ~pad_mask
+    packed, new_mean, new_var = batch_norm(x[valid], running_mean, running_var, weight, bias, training, momentum, eps)
+    out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    out[valid] = packed
+    return out, new_mean, new_var

@@ -1,5 +1,6 @@
 """Modules. Constructors match torch.nn, and state_dicts are interchangeable with torch.nn's."""
 
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormNd, MaskedBatchNorm1d, SyncBatchNorm
 from .fused import AddLayerNorm, AddRMSNorm
 from .group_norm import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .normalization import LayerNorm, RMSNorm
@@ -15,4 +16,10 @@ __all__ = [
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "BatchNormNd",
+    "SyncBatchNorm",
+    "MaskedBatchNorm1d",
 ]
