@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/row_norm_ops.h"
 #include "cpu/row_norm_kernel.h"
 
 namespace norm_ext {
@@ -128,69 +129,9 @@ std::vector<at::Tensor> row_norm_backward(const char* op, const at::Tensor& grad
   return result;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_cpu(const at::Tensor& input, at::IntArrayRef normalized_shape,
-                                                              const std::optional<at::Tensor>& weight,
-                                                              const std::optional<at::Tensor>& bias, double eps,
-                                                              bool zero_centered_weight, bool /*memory_efficient*/) {
-  auto r = row_norm_forward("layer_norm", input, nullptr, std::nullopt, normalized_shape, weight, bias, eps,
-                            zero_centered_weight, false);
-  return {r[0], r[1], r[2]};
-}
-
-std::tuple<at::Tensor, at::Tensor> rms_norm_cpu(const at::Tensor& input, at::IntArrayRef normalized_shape,
-                                                const std::optional<at::Tensor>& weight, double eps,
-                                                bool zero_centered_weight, bool /*memory_efficient*/) {
-  auto r = row_norm_forward("rms_norm", input, nullptr, std::nullopt, normalized_shape, weight, std::nullopt, eps,
-                            zero_centered_weight, true);
-  return {r[0], r[1]};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layer_norm_cpu(
-    const at::Tensor& input, const at::Tensor& residual, at::IntArrayRef normalized_shape,
-    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
-    std::optional<at::ScalarType> residual_dtype, bool zero_centered_weight, bool /*memory_efficient*/) {
-  auto r = row_norm_forward("add_layer_norm", input, &residual, residual_dtype, normalized_shape, weight, bias, eps,
-                            zero_centered_weight, false);
-  return {r[0], r[1], r[2], r[3]};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& input, const at::Tensor& residual,
-                                                                at::IntArrayRef normalized_shape,
-                                                                const std::optional<at::Tensor>& weight, double eps,
-                                                                std::optional<at::ScalarType> residual_dtype,
-                                                                bool zero_centered_weight, bool /*memory_efficient*/) {
-  auto r = row_norm_forward("add_rms_norm", input, &residual, residual_dtype, normalized_shape, weight, std::nullopt,
-                            eps, zero_centered_weight, true);
-  return {r[0], r[1], r[2]};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& saved, at::IntArrayRef normalized_shape, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-    bool zero_centered_weight, bool saved_is_output, const std::optional<at::Tensor>& grad_residual) {
-  auto r = row_norm_backward("layer_norm_backward", grad_out, saved, normalized_shape, &mean, rstd, weight, bias,
-                             zero_centered_weight, saved_is_output, grad_residual, false);
-  return {r[0], r[1], r[2]};
-}
-
-std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_out, const at::Tensor& saved,
-                                                         at::IntArrayRef normalized_shape, const at::Tensor& rstd,
-                                                         const std::optional<at::Tensor>& weight,
-                                                         bool zero_centered_weight, bool saved_is_output,
-                                                         const std::optional<at::Tensor>& grad_residual) {
-  auto r = row_norm_backward("rms_norm_backward", grad_out, saved, normalized_shape, nullptr, rstd, weight,
-                             std::nullopt, zero_centered_weight, saved_is_output, grad_residual, true);
-  return {r[0], r[1]};
-}
-
 }  // namespace
 }  // namespace norm_ext
 
 TORCH_LIBRARY_IMPL(norm_ext, CPU, m) {
-  m.impl("layer_norm", &norm_ext::layer_norm_cpu);
-  m.impl("rms_norm", &norm_ext::rms_norm_cpu);
-  m.impl("add_layer_norm", &norm_ext::add_layer_norm_cpu);
-  m.impl("add_rms_norm", &norm_ext::add_rms_norm_cpu);
-  m.impl("layer_norm_backward", &norm_ext::layer_norm_backward_cpu);
-  m.impl("rms_norm_backward", &norm_ext::rms_norm_backward_cpu);
+  norm_ext::register_row_norm_ops<norm_ext::row_norm_forward, norm_ext::row_norm_backward>(m);
 }
