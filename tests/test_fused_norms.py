@@ -4,34 +4,12 @@ backward: parity with an unfused float64 reference, opcheck and torch.compile.""
 import pytest
 import torch
 from conftest import DEVICES
+from tolerances import BACKWARD, FORWARD, MEMORY_EFFICIENT_BACKWARD, assert_close_to_reference
 
 import norm_ext
 from norm_ext import reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-# dtype -> (rtol, atol) for values of magnitude about 1, forward and backward. Gradients reduce over
-# rows (weight, bias) and go through the row reductions (input), so they get a looser bound.
-FORWARD_TOL = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (2e-3, 4e-3),
-    torch.bfloat16: (1.6e-2, 3.2e-2),
-}
-BACKWARD_TOL = {
-    torch.float64: (1e-9, 1e-9),
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (1e-2, 1e-2),
-    torch.bfloat16: (5e-2, 8e-2),
-}
-# Memory-efficient mode recomputes x_hat = (y - b) / w from the output as stored, so the output's
-# rounding reaches the gradients amplified by |y| / |w|.
-MEMORY_EFFICIENT_BACKWARD_TOL = {
-    torch.float64: (1e-8, 1e-8),
-    torch.float32: (5e-4, 5e-4),
-    torch.float16: (3e-2, 3e-2),
-    torch.bfloat16: (1.5e-1, 2e-1),
-}
 
 # (input shape, normalized_shape)
 SHAPES = [((5, 7), (7,)), ((2, 3, 257), (257,)), ((2, 3, 4, 6), (4, 6))]
@@ -40,15 +18,6 @@ SHAPE_IDS = ["n7", "n257", "multidim"]
 # How the residual stream is stored: the residual's dtype; fp32 by residual_dtype while the residual
 # has the input's dtype; fp32 because the residual tensor itself is fp32.
 STREAMS = ["same", "residual_dtype_fp32", "fp32_residual"]
-
-
-def _assert_close(actual, expected, dtype, table, what):
-    rtol, atol = table[dtype]
-    expected = expected.detach().to(torch.float64).cpu()
-    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    torch.testing.assert_close(
-        actual.detach().to(torch.float64).cpu(), expected, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}"
-    )
 
 
 def _leaf(t):
@@ -101,8 +70,8 @@ def _check_fused(
         out_ref = reference.layer_norm(h_ref, normalized_shape, w64, b64, eps, zero_centered_weight=zero_centered)
     else:
         out_ref = reference.rms_norm(h_ref, normalized_shape, w64, eps, zero_centered_weight=zero_centered)
-    _assert_close(h, h_ref, dtype, FORWARD_TOL, "residual stream h")
-    _assert_close(out, out_ref, dtype, FORWARD_TOL, "output")
+    assert_close_to_reference(h, h_ref, dtype, FORWARD, "residual stream h")
+    assert_close_to_reference(out, out_ref, dtype, FORWARD, "output")
 
     dout = torch.randn_like(out)
     dh = torch.randn_like(h) if grad_through_stream else None
@@ -117,10 +86,10 @@ def _check_fused(
         grad_outputs_ref.append(dh.to(h_ref.dtype))
     grads = torch.autograd.grad(outputs, leaves, grad_outputs)
     grads_ref = torch.autograd.grad(outputs_ref, leaves64, grad_outputs_ref)
-    table = MEMORY_EFFICIENT_BACKWARD_TOL if memory_efficient else BACKWARD_TOL
+    table = MEMORY_EFFICIENT_BACKWARD if memory_efficient else BACKWARD
     for name, g, g_ref, leaf in zip(("d_input", "d_residual", "d_weight", "d_bias"), grads, grads_ref, leaves):
         assert g.dtype == leaf.dtype, name
-        _assert_close(g, g_ref, dtype, table, name)
+        assert_close_to_reference(g, g_ref, dtype, table, name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -184,14 +153,14 @@ def test_plain_norm_options(kind, zero_centered, memory_efficient, dtype, device
     else:
         y = norm_ext.rms_norm(x, (96,), w, 1e-5, **extra)
         y_ref = reference.rms_norm(x64, (96,), w64, 1e-5, zero_centered_weight=zero_centered)
-    _assert_close(y, y_ref, dtype, FORWARD_TOL, "output")
+    assert_close_to_reference(y, y_ref, dtype, FORWARD, "output")
     dy = torch.randn_like(y)
     leaves = [t for t in (x, w, b) if t is not None]
     grads = torch.autograd.grad(y, leaves, dy)
     grads_ref = torch.autograd.grad(y_ref, [t for t in (x64, w64, b64) if t is not None], dy.double())
-    table = MEMORY_EFFICIENT_BACKWARD_TOL if memory_efficient else BACKWARD_TOL
+    table = MEMORY_EFFICIENT_BACKWARD if memory_efficient else BACKWARD
     for name, g, g_ref in zip(("d_input", "d_weight", "d_bias"), grads, grads_ref):
-        _assert_close(g, g_ref, dtype, table, name)
+        assert_close_to_reference(g, g_ref, dtype, table, name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -240,14 +209,14 @@ def test_module_options(module_cls, zero_centered, memory_efficient, dtype, devi
     else:
         y_ref = reference.rms_norm(x64, (64,), w64, 1e-5, zero_centered_weight=zero_centered)
         leaves, leaves64 = [x, m.weight], [x64, w64]
-    _assert_close(y, y_ref, dtype, FORWARD_TOL, "output")
+    assert_close_to_reference(y, y_ref, dtype, FORWARD, "output")
     dy = torch.randn_like(y)
-    table = MEMORY_EFFICIENT_BACKWARD_TOL if memory_efficient else BACKWARD_TOL
+    table = MEMORY_EFFICIENT_BACKWARD if memory_efficient else BACKWARD
     grads = torch.autograd.grad(y, leaves, dy)
     for name, g, g_ref in zip(
         ("d_input", "d_weight", "d_bias"), grads, torch.autograd.grad(y_ref, leaves64, dy.double())
     ):
-        _assert_close(g, g_ref, dtype, table, name)
+        assert_close_to_reference(g, g_ref, dtype, table, name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -270,14 +239,14 @@ def test_add_norm_modules(module_cls, memory_efficient, device):
     else:
         out_ref = reference.rms_norm(h_ref, (48,), w64, 1e-5)
         leaves, leaves64 = [x, r, m.weight], [x64, r64, w64]
-    _assert_close(out, out_ref, torch.bfloat16, FORWARD_TOL, "output")
-    _assert_close(h, h_ref, torch.float32, FORWARD_TOL, "residual stream h")
+    assert_close_to_reference(out, out_ref, torch.bfloat16, FORWARD, "output")
+    assert_close_to_reference(h, h_ref, torch.float32, FORWARD, "residual stream h")
     dout, dh = torch.randn_like(out), torch.randn_like(h)
     grads = torch.autograd.grad([out, h], leaves, [dout, dh])
     grads_ref = torch.autograd.grad([out_ref, h_ref], leaves64, [dout.double(), dh])
-    table = MEMORY_EFFICIENT_BACKWARD_TOL if memory_efficient else BACKWARD_TOL
+    table = MEMORY_EFFICIENT_BACKWARD if memory_efficient else BACKWARD
     for name, g, g_ref in zip(("d_input", "d_residual", "d_weight", "d_bias"), grads, grads_ref):
-        _assert_close(g, g_ref, torch.bfloat16, table, name)
+        assert_close_to_reference(g, g_ref, torch.bfloat16, table, name)
     # Without a residual the stream starts at the input (the first block of a pre-norm stack).
     first_out, first_h = m(x.detach())
     assert first_h is not None and torch.equal(first_h, x.detach())
@@ -285,7 +254,7 @@ def test_add_norm_modules(module_cls, memory_efficient, device):
         first_ref = reference.layer_norm(x, (48,), m.weight, m.bias, 1e-5)
     else:
         first_ref = reference.rms_norm(x, (48,), m.weight, 1e-5)
-    _assert_close(first_out, first_ref, torch.bfloat16, FORWARD_TOL, "output without a residual")
+    assert_close_to_reference(first_out, first_ref, torch.bfloat16, FORWARD, "output without a residual")
 
 
 @pytest.mark.parametrize("module_cls", ["AddLayerNorm", "AddRMSNorm"])
@@ -379,7 +348,7 @@ def test_rms_default_eps_for_fp32_stream_follows_the_stream():
     r = torch.randn(4, 64) * 1e-2
     out, h = norm_ext.add_rms_norm(x, r, (64,))
     expected = reference.rms_norm(reference.residual_stream(x, r), (64,), eps=None)
-    _assert_close(out, expected, torch.bfloat16, FORWARD_TOL, "output")
+    assert_close_to_reference(out, expected, torch.bfloat16, FORWARD, "output")
 
 
 @pytest.mark.parametrize("kind", ["layer", "rms"])

@@ -3,26 +3,12 @@
 import pytest
 import torch
 from conftest import DEVICES, needs_cuda
+from tolerances import BACKWARD, FORWARD, assert_close_to_reference
 
 import norm_ext
 from norm_ext import reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-
-# dtype -> (rtol, atol) against float64 for values of magnitude about 1; gradients sum over a group
-# and over the batch, so they get looser bounds.
-FORWARD = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (2e-3, 4e-3),
-    torch.bfloat16: (1.6e-2, 3.2e-2),
-}
-BACKWARD = {
-    torch.float64: (1e-9, 1e-9),
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (1e-2, 1e-2),
-    torch.bfloat16: (5e-2, 8e-2),
-}
 
 # (shape, num_groups, channels_last): odd C, C = 65, groups 1 / C / in between, 2-D to 5-D inputs.
 SHAPES = [
@@ -53,20 +39,6 @@ SHAPE_IDS = [
     "big",
     "big-cl",
 ]
-
-
-def assert_close_to_reference(actual, expected, dtype, table, what):
-    """Compare with a float64 reference; atol scales with the reference's magnitude."""
-    rtol, atol = table[dtype]
-    expected = expected.detach().to(torch.float64)
-    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    torch.testing.assert_close(
-        actual.detach().to(torch.float64).cpu(),
-        expected.cpu(),
-        rtol=rtol,
-        atol=atol * scale,
-        msg=lambda m: f"{what}: {m}",
-    )
 
 
 def _memory_format(dim):

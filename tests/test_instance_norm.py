@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import DEVICES
-from test_group_norm import BACKWARD, FORWARD, assert_close_to_reference
+from tolerances import BACKWARD, FORWARD, assert_close_to_reference
 
 import norm_ext
 from norm_ext import reference
