@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from norm_ext.bench import Config, run
+from norm_ext.bench import Config, harness, run
 from norm_ext.bench import __main__ as cli
 from norm_ext.bench.cases import OPS, Variant, bytes_moved, make_case
 from norm_ext.bench.providers import PROVIDER_FACTORIES, Provider
@@ -130,3 +130,12 @@ def test_make_tables(tmp_path):
     )  # fmt: skip
     assert "### layer_norm fwd" in result.stdout and "### rms_norm fwd+bwd" in result.stdout
     assert "% of copy" in result.stdout
+
+
+def test_large_row_norm_cases_are_checked_on_their_first_rows(monkeypatch):
+    monkeypatch.setattr(harness, "CHECK_MAX_ELEMENTS", 64)
+    case = make_case("rms_norm", Variant("default"), (16, 32), torch.float32, "cpu")
+    small, grad_out = harness.checkable_case(case)
+    assert small.shape == (2, 32) and grad_out.shape == (2, 32)
+    fits = make_case("rms_norm", Variant("default"), (2, 32), torch.float32, "cpu")
+    assert harness.checkable_case(fits)[0] is fits

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass", dest="passes", type=_csv, default=list(C.PASSES), help="fwd,bwd,fwd+bwd (default all)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible, else cpu")
     p.add_argument("--providers", type=_csv, default=list(DEFAULT_PROVIDERS), help="default: all, absent ones skipped")
-    p.add_argument("--out", default="bench_results", help="directory for results.csv/.json and plots/")
+    p.add_argument("--out", default="bench_out", help="directory for results.csv/.json and plots/")
     p.add_argument("--quick", action="store_true", help="small sizes and short timing, a smoke test")
     p.add_argument("--min-time", type=float, help="seconds of timing per measurement (default 0.3, quick 0.02)")
     p.add_argument("--reps", type=int, help="maximum timed calls per measurement (default 200, quick 5)")

@@ -55,6 +55,7 @@ class Case:
     grad_names: Tuple[str, ...]
     param_bytes: int
     label: str = ""
+    device: str = "cpu"
     reference_cache: Dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -315,7 +316,7 @@ CPU_ROW_HIDDEN = (1024, 4096, 16384)
 CPU_ROW_BYTES = 64 << 20
 GPU_ROW_HIDDEN = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 GPU_ROWS = 32768
-GPU_ROW_MAX_BYTES = 2 << 30  # bf16 rows of 128K x 32K rows would be 8 GB; fewer rows past this
+GPU_ROW_MAX_BYTES = 2 << 30  # 32K rows of 128K bf16 would be 8 GB; fewer rows past this
 
 DEFAULT_SHAPES = {
     # (N, C, H, W) ResNet-like; (T*B, C) sequence BatchNorm (speech/transformer-BN style).
@@ -395,7 +396,7 @@ def make_case(op: str, variant: Variant, shape: Tuple[int, ...], dtype: torch.dt
         if isinstance(t, Tensor) and name in spec.grad_names and name not in ("input", "residual", "v")
     )
     label = "x".join(str(d) for d in shape) + ("" if variant.label == "default" else f" {variant.label}")
-    return Case(op, variant, shape, dtype, inputs, spec.grad_names, param_bytes, label)
+    return Case(op, variant, shape, dtype, inputs, spec.grad_names, param_bytes, label, device)
 
 
 def variants_for(op: str, shape: Tuple[int, ...]) -> Tuple[Variant, ...]:
