@@ -79,6 +79,9 @@ def torch_compile(device: str) -> Provider:
     # 2-core machine, which would dominate the default run.
     compiled = {op: torch.compile(fn, dynamic=device == "cpu") for op, fn in TORCH_FUNCTIONS.items()}
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    # The bwd pass replays the backward of one stored forward (retain_graph=True), which inductor's
+    # donated buffers forbid; they only save memory, not time.
+    torch._functorch.config.donated_buffer = False
     return Provider("torch.compile", compiled)
 
 
