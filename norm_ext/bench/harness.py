@@ -1,0 +1,383 @@
+"""The benchmark loop: for every case, pass and provider, check the result against the float64
+reference, then time it, and compare it with a copy of the same number of bytes."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import cases as C
+from .providers import Provider, load_providers
+from .timing import time_call
+
+# Largest allowed error, relative to max(1, max |reference|), per dtype: (output, gradients).
+TOLERANCES = {
+    torch.float64: (1e-9, 1e-8),
+    torch.float32: (1e-4, 1e-3),
+    torch.float16: (5e-3, 1e-2),
+    torch.bfloat16: (3e-2, 5e-2),
+}
+
+DEFAULT_PROVIDERS = ("norm_ext", "torch", "torch.compile", "apex", "liger", "quack", "transformer_engine", "flash_attn")
+
+ACCOUNTING = (
+    "bytes moved = algorithmic minimum, the same for every provider: fwd reads x (and the residual) and "
+    "writes y (and h), plus parameters; bwd reads the saved activation and dy and writes dx, plus "
+    "parameters read and their gradients written; fwd+bwd is the sum. copy GB/s = x.clone()-style copy "
+    "of the same number of bytes, measured in the same run."
+)
+
+
+@dataclass
+class Config:
+    ops: Sequence[str]
+    dtypes: Sequence[str] = ("fp32", "bf16")
+    passes: Sequence[str] = C.PASSES
+    device: str = "cpu"
+    sizes: Sequence[Tuple[int, ...]] | None = None
+    quick: bool = False
+    providers: Sequence[str] = DEFAULT_PROVIDERS
+    min_time_s: float = 0.3
+    max_reps: int = 200
+    warmup: int = 3
+    use_graph: bool = True
+    show_progress: bool = True
+    argv: List[str] = field(default_factory=lambda: list(sys.argv))
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, a line per step otherwise)."""
+
+    def __init__(self, total: int, enabled: bool = True, width: int = 30) -> None:
+        self.total, self.done, self.enabled, self.width = max(total, 1), 0, enabled, width
+        self.tty = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        filled = self.width * self.done // self.total
+        bar = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {label}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + bar)
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(bar + "\n")
+        sys.stderr.flush()
+
+    def write(self, message: str) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\r\033[K")
+        print(message, flush=True)
+
+
+def norm_ext_commit() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        out = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        commit = out.stdout.strip()
+        if out.returncode != 0 or not commit:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def metadata(config: Config) -> Dict[str, object]:
+    return {
+        "device": config.device,
+        "device_name": device_name(config.device),
+        "cpu_threads": torch.get_num_threads(),
+        "logical_cpus": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "norm_ext_commit": norm_ext_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(config.argv),
+        "accounting": ACCOUNTING,
+        "tolerances": {str(k).replace("torch.", ""): v for k, v in TOLERANCES.items()},
+    }
+
+
+def _max_rel_error(actual: Tensor, expected: Tensor) -> float:
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape {tuple(actual.shape)} != reference {tuple(expected.shape)}")
+    if expected.numel() == 0:
+        return 0.0
+    diff = (actual.detach().double() - expected).abs().max().item()
+    if diff != diff:  # NaN anywhere
+        return float("inf")
+    return diff / max(1.0, expected.abs().max().item())
+
+
+class _Runner:
+    """Closures for one case and provider: the forward, the backward of a stored forward, and both."""
+
+    def __init__(self, case: C.Case, fn: Callable, grad_out: Tensor) -> None:
+        self.case, self.fn, self.grad_out = case, fn, grad_out
+        self.spec = C.OPS[case.op]
+        self.leaves = [case.inputs[n] for n in case.grad_names]
+        self.stored = None
+
+    def forward_no_grad(self):
+        with torch.no_grad():
+            return self.spec.call(self.fn, self.case.inputs)
+
+    def forward(self) -> Tensor:
+        return C.first_output(self.spec.call(self.fn, self.case.inputs))
+
+    def backward_of(self, out: Tensor, retain: bool):
+        return torch.autograd.grad(out, self.leaves, self.grad_out, retain_graph=retain, allow_unused=True)
+
+    def backward_stored(self):
+        if self.stored is None:
+            self.stored = self.forward()
+        return self.backward_of(self.stored, retain=True)
+
+    def forward_backward(self):
+        return self.backward_of(self.forward(), retain=False)
+
+    def timed(self, pass_name: str) -> Callable[[], object]:
+        return {"fwd": self.forward_no_grad, "bwd": self.backward_stored, "fwd+bwd": self.forward_backward}[pass_name]
+
+
+# Largest case checked in full; float64 copies of bigger ones (x, y, dy, dx, temporaries) would not fit
+# in GPU memory. Row norms are checked on their first rows instead: same row length, same kernel.
+CHECK_MAX_ELEMENTS = 1 << 26
+
+
+def _grad_out_for(case: C.Case) -> Tensor:
+    grad_out = torch.randn(case.shape, device=case.device).to(case.dtype)
+    return grad_out.contiguous(memory_format=torch.channels_last) if case.variant.channels_last else grad_out
+
+
+def checkable_case(case: C.Case) -> Tuple[C.Case, Tensor]:
+    """The case the correctness check runs on, and its grad_out: the case itself unless too large."""
+    numel = C.activation_bytes(case) // case.dtype.itemsize
+    if numel <= CHECK_MAX_ELEMENTS or case.op not in C.ROW_NORMS:
+        return case, _grad_out_for(case)
+    rows = max(1, CHECK_MAX_ELEMENTS // case.shape[-1])
+    small = C.make_case(case.op, case.variant, (rows, case.shape[-1]), case.dtype, case.device)
+    return small, _grad_out_for(small)
+
+
+def check(case: C.Case, runner: _Runner, pass_name: str) -> Tuple[bool, float, str]:
+    """Compare the provider's output (and, for passes with a backward, its gradients) with float64."""
+    out_tol, grad_tol = TOLERANCES[case.dtype]
+    ref_out, ref_grads = C.reference_outputs(case, runner.grad_out)
+    worst, notes = 0.0, []
+    out = C.first_output(runner.forward_no_grad())
+    err = _max_rel_error(out, ref_out)
+    worst = max(worst, err / out_tol)
+    if err > out_tol:
+        notes.append(f"output error {err:.2e} > {out_tol:.0e}")
+    if pass_name != "fwd":
+        grads = runner.backward_of(runner.forward(), retain=False)
+        for name, grad in zip(case.grad_names, grads):
+            if grad is None or name not in ref_grads:
+                continue
+            err = _max_rel_error(grad, ref_grads[name])
+            worst = max(worst, err / grad_tol)
+            if err > grad_tol:
+                notes.append(f"grad {name} error {err:.2e} > {grad_tol:.0e}")
+    return not notes, worst, "; ".join(notes)
+
+
+_COPY_CACHE: Dict[Tuple[str, int], float] = {}
+
+
+def copy_gbps(device: str, nbytes: int, config: Config) -> float:
+    """GB/s of cloning a buffer so that the copy moves ``nbytes`` (read half, write half)."""
+    key = (device, nbytes)
+    if key not in _COPY_CACHE:
+        src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=device).fill_(1)
+        t = time_call(
+            src.clone,
+            device,
+            bytes_moved=nbytes,
+            min_time_s=config.min_time_s,
+            max_reps=config.max_reps,
+            warmup=config.warmup,
+            use_graph=config.use_graph,
+        )
+        _COPY_CACHE[key] = nbytes / (t.median_ms * 1e6)
+    return _COPY_CACHE[key]
+
+
+def _row(case: C.Case, pass_name: str, provider: str, status: str, **fields) -> Dict[str, object]:
+    row = {
+        "op": case.op,
+        "case": case.label,
+        "variant": case.variant.label,
+        "shape": "x".join(str(d) for d in case.shape),
+        "hidden": case.hidden,
+        "dtype": case.dtype_name,
+        "pass": pass_name,
+        "provider": provider,
+        "status": status,
+        "ms": None,
+        "spread_ms": None,
+        "reps": None,
+        "cuda_graph": None,
+        "bytes": None,
+        "gbps": None,
+        "copy_gbps": None,
+        "pct_copy": None,
+        "speedup_vs_torch": None,
+        "max_err_over_tol": None,
+        "note": "",
+    }
+    row.update(fields)
+    return row
+
+
+def plan(config: Config, available_ops: Sequence[str]) -> List[Tuple[str, C.Variant, Tuple[int, ...], str]]:
+    items = []
+    for op in available_ops:
+        for dtype_name in config.dtypes:
+            dtype = C.DTYPES[dtype_name]
+            for shape in C.shapes_for(op, dtype, config.device, config.sizes, config.quick):
+                for variant in C.variants_for(op, shape):
+                    items.append((op, variant, shape, dtype_name))
+    return items
+
+
+def run(
+    config: Config, providers: List[Provider] | None = None, log: Callable[[str], None] | None = None
+) -> Tuple[Dict[str, object], List[Dict[str, object]]]:
+    """Run the benchmark; returns (metadata, result rows). ``providers`` overrides ``config.providers``."""
+    for name in config.dtypes:
+        if name not in C.DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; choose from {list(C.DTYPES)}")
+    for name in config.passes:
+        if name not in C.PASSES:
+            raise ValueError(f"unknown pass {name!r}; choose from {list(C.PASSES)}")
+    for name in config.ops:
+        if name not in C.OPS:
+            raise ValueError(f"unknown op {name!r}; choose from {list(C.OPS)}")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible")
+    providers = providers if providers is not None else load_providers(list(config.providers), config.device)
+    say = log or print
+
+    meta = metadata(config)
+    say(
+        f"norm_ext.bench on {meta['device_name']} ({config.device}), torch {meta['torch_version']}, "
+        f"norm_ext {meta['norm_ext_commit']}, {meta['cpu_threads']} CPU threads"
+    )
+    for p in providers:
+        reason = p.unavailable or (p.cuda_only and config.device != "cuda" and f"{p.name} runs on CUDA only")
+        if reason:
+            say(f"  provider {p.name}: skipped ({reason})")
+    reference_provider = next((p for p in providers if p.name == "norm_ext"), None)
+    ops = []
+    for op in config.ops:
+        missing = reference_provider.skip_reason(op, config.device) if reference_provider else None
+        if missing:
+            say(f"  op {op}: skipped ({missing})")
+        else:
+            ops.append(op)
+    active = [p for p in providers if not (p.unavailable or (p.cuda_only and config.device != "cuda"))]
+
+    items = plan(config, ops)
+    progress = Progress(len(items) * len(config.passes) * len(active), config.show_progress)
+    rows: List[Dict[str, object]] = []
+    for op, variant, shape, dtype_name in items:
+        torch.manual_seed(0)
+        case = C.make_case(op, variant, shape, C.DTYPES[dtype_name], config.device)
+        grad_out = _grad_out_for(case)
+        check_case, check_grad_out = checkable_case(case)
+        checked: Dict[Tuple[str, bool], Tuple[bool, float, str]] = {}
+        for pass_name in config.passes:
+            nbytes = C.bytes_moved(case, pass_name)
+            copy = copy_gbps(config.device, nbytes, config)
+            for provider in active:
+                progress.step(f"{op} {dtype_name} {case.label} {pass_name} {provider.name}")
+                skip = provider.skip_reason(op, config.device)
+                if skip:
+                    rows.append(_row(case, pass_name, provider.name, "skipped", note=skip))
+                    continue
+                runner = _Runner(case, provider.functions[op], grad_out)
+                try:
+                    key = (provider.name, pass_name != "fwd")
+                    if key not in checked:
+                        check_runner = _Runner(check_case, provider.functions[op], check_grad_out)
+                        checked[key] = check(check_case, check_runner, pass_name)
+                    ok, worst, note = checked[key]
+                    if not ok:
+                        rows.append(_row(case, pass_name, provider.name, "WRONG", max_err_over_tol=worst, note=note))
+                        continue
+                    t = time_call(
+                        runner.timed(pass_name),
+                        config.device,
+                        bytes_moved=nbytes,
+                        min_time_s=config.min_time_s,
+                        max_reps=config.max_reps,
+                        warmup=config.warmup,
+                        use_graph=config.use_graph,
+                    )
+                except Exception as e:  # a provider failing on one case must not end the run
+                    message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    rows.append(_row(case, pass_name, provider.name, "error", note=message))
+                    continue
+                gbps = nbytes / (t.median_ms * 1e6)
+                rows.append(
+                    _row(
+                        case,
+                        pass_name,
+                        provider.name,
+                        "ok",
+                        ms=t.median_ms,
+                        spread_ms=t.spread_ms,
+                        reps=t.reps,
+                        cuda_graph=t.graph,
+                        bytes=nbytes,
+                        gbps=gbps,
+                        copy_gbps=copy,
+                        pct_copy=100.0 * gbps / copy,
+                        max_err_over_tol=worst,
+                    )
+                )
+        del case
+    _add_speedups(rows)
+    return meta, rows
+
+
+def _add_speedups(rows: List[Dict[str, object]]) -> None:
+    torch_ms = {
+        (r["op"], r["case"], r["dtype"], r["pass"]): r["ms"] for r in rows if r["provider"] == "torch" and r["ms"]
+    }
+    for r in rows:
+        base = torch_ms.get((r["op"], r["case"], r["dtype"], r["pass"]))
+        if base and r["ms"]:
+            r["speedup_vs_torch"] = base / r["ms"]

@@ -1,0 +1,115 @@
+"""Timers. Both return a :class:`Timing`: the median time of one call and the spread around it.
+
+GPU: CUDA events around each call, with the L2 cache flushed (a buffer twice its size overwritten)
+before every rep so each call reads its inputs from HBM, after a warm-up. Small problems are
+captured in a CUDA graph and replayed, which removes the CPU launch overhead that would otherwise
+dominate; the graph is skipped if capture fails.
+
+CPU: wall-clock per call (``time.perf_counter``) after a warm-up, ``torch.get_num_threads()``
+threads (reported with the results). Inputs are sized above the last-level cache by the default
+sweeps, so no cache flush is needed there.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+
+# Problems that move fewer bytes than this are timed through a CUDA graph.
+GRAPH_BYTES = 32 << 20
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    spread_ms: float  # interquartile range (p75 - p25)
+    reps: int
+    graph: bool = False
+
+
+def _summarize(samples_ms: List[float], graph: bool = False) -> Timing:
+    samples_ms = sorted(samples_ms)
+    if len(samples_ms) >= 4:
+        q = statistics.quantiles(samples_ms, n=4)
+        spread = q[2] - q[0]
+    else:
+        spread = samples_ms[-1] - samples_ms[0]
+    return Timing(statistics.median(samples_ms), spread, len(samples_ms), graph)
+
+
+def time_cpu(fn: Callable[[], object], *, min_time_s: float, max_reps: int, warmup: int) -> Timing:
+    for _ in range(warmup):
+        fn()
+    samples: List[float] = []
+    deadline = time.perf_counter() + min_time_s
+    while len(samples) < max_reps and (len(samples) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+        if max_reps <= len(samples):
+            break
+    return _summarize(samples)
+
+
+class _L2Flusher:
+    def __init__(self, device: torch.device) -> None:
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20) or (50 << 20)
+        self.buffer = torch.empty(2 * l2, dtype=torch.uint8, device=device)
+
+    def __call__(self) -> None:
+        self.buffer.fill_(0)
+
+
+def _capture_graph(fn: Callable[[], object]):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def time_cuda(
+    fn: Callable[[], object], *, bytes_moved: int, min_time_s: float, max_reps: int, warmup: int, use_graph: bool = True
+) -> Timing:
+    device = torch.device("cuda", torch.cuda.current_device())
+    flush = _L2Flusher(device)
+    call, graph = fn, False
+    if use_graph and bytes_moved < GRAPH_BYTES:
+        try:
+            captured = _capture_graph(fn)
+            call, graph = captured.replay, True
+        except Exception:  # autograd or a library may not be capturable; time it eagerly then
+            torch.cuda.synchronize()
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    samples: List[float] = []
+    deadline = time.perf_counter() + min_time_s
+    while len(samples) < max_reps and (len(samples) < 5 or time.perf_counter() < deadline):
+        batch = min(16, max_reps - len(samples))
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(batch)]
+        for start, end in events:
+            flush()
+            start.record()
+            call()
+            end.record()
+        torch.cuda.synchronize()
+        samples += [start.elapsed_time(end) for start, end in events]
+    return _summarize(samples, graph)
+
+
+def time_call(fn: Callable[[], object], device: str, **kwargs) -> Timing:
+    if device == "cuda":
+        return time_cuda(fn, **kwargs)
+    kwargs.pop("bytes_moved", None)
+    kwargs.pop("use_graph", None)
+    return time_cpu(fn, **kwargs)

@@ -1,0 +1,141 @@
+"""The benchmark harness end to end on the CPU (tiny sizes, one rep), and its correctness gate."""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from norm_ext.bench import Config, harness, run
+from norm_ext.bench import __main__ as cli
+from norm_ext.bench.cases import OPS, Variant, bytes_moved, make_case
+from norm_ext.bench.providers import PROVIDER_FACTORIES, Provider
+from norm_ext.bench.report import COLUMNS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+TINY = ["--device", "cpu", "--dtypes", "fp32", "--reps", "1", "--warmup", "0", "--min-time", "0"]
+# torch.compile is exercised on one op in its own test: compiling every op would take minutes on 2 cores.
+NO_COMPILE = ",".join(p for p in PROVIDER_FACTORIES if p != "torch.compile")
+
+
+def _run_cli(tmp_path, *args):
+    out = tmp_path / "out"
+    assert cli.main([*TINY, "--out", str(out), *args]) == 0
+    with open(out / "results.json") as f:
+        data = json.load(f)
+    with open(out / "results.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    return out, data, csv_rows
+
+
+def test_end_to_end_every_op_and_provider(tmp_path, capsys):
+    sizes = "8x64,4x16x6x6,2x32x4x4"
+    out, data, csv_rows = _run_cli(tmp_path, "--sizes", sizes, "--providers", NO_COMPILE)
+    printed = capsys.readouterr().out
+    meta, rows = data["meta"], data["results"]
+    for key in ("device_name", "torch_version", "norm_ext_commit", "date", "cpu_threads", "accounting"):
+        assert meta[key] not in (None, ""), key
+    assert data["schema_version"] == 1
+    assert all(set(r) == set(COLUMNS) for r in rows)
+    assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == len(rows)
+    # Third-party libraries are CUDA-only or absent here: reported, never a crash.
+    for name in ("apex", "liger", "quack", "transformer_engine", "flash_attn"):
+        assert f"provider {name}: skipped" in printed
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["provider"] for r in ok} == {"norm_ext", "torch"}
+    assert not [r for r in rows if r["status"] in ("WRONG", "error")], [r for r in rows if r["status"] != "ok"]
+    present = {r["op"] for r in ok}
+    assert {"layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"} <= present
+    for op in set(OPS) - present:
+        assert f"op {op}: skipped" in printed  # not in this build: skipped with the reason
+    assert {r["pass"] for r in ok} == {"fwd", "bwd", "fwd+bwd"}
+    for r in ok:
+        assert r["ms"] > 0 and r["gbps"] > 0 and r["copy_gbps"] > 0 and r["bytes"] > 0
+        assert r["pct_copy"] == pytest.approx(100 * r["gbps"] / r["copy_gbps"])
+        if r["provider"] == "torch":
+            assert r["speedup_vs_torch"] == pytest.approx(1.0)
+    if HAVE_MATPLOTLIB:
+        assert any(name.startswith("layer_norm_fp32_fwd") for name in os.listdir(out / "plots"))
+    else:
+        assert "matplotlib is not installed" in printed
+
+
+def test_torch_compile_provider(tmp_path):
+    _, data, _ = _run_cli(tmp_path, "--ops", "layer_norm", "--pass", "fwd", "--sizes", "8x64", "--providers",
+                          "norm_ext,torch,torch.compile", "--no-plots")  # fmt: skip
+    statuses = {r["provider"]: r["status"] for r in data["results"]}
+    assert statuses == {"norm_ext": "ok", "torch": "ok", "torch.compile": "ok"}
+
+
+def _broken_layer_norm(x, shape, weight, bias, eps):
+    return F.layer_norm(x, shape, weight, bias, eps) * 1.01
+
+
+def _wrong_gradient_layer_norm(x, shape, weight, bias, eps):
+    # The forward value is exact; the gradient of x gets an extra 0.5 * dy.
+    return F.layer_norm(x, shape, weight, bias, eps) + 0.5 * (x - x.detach())
+
+
+def test_wrong_provider_is_flagged_not_timed():
+    providers = [
+        Provider("torch", {"layer_norm": F.layer_norm}),
+        Provider("broken", {"layer_norm": _broken_layer_norm}),
+        Provider("bad_grad", {"layer_norm": _wrong_gradient_layer_norm}),
+    ]
+    config = Config(ops=["layer_norm"], dtypes=["fp32"], sizes=[(16, 32)], max_reps=1, warmup=0, min_time_s=0,
+                    show_progress=False)  # fmt: skip
+    _, rows = run(config, providers=providers, log=lambda message: None)
+    status = {(r["provider"], r["pass"]): r for r in rows}
+    for pass_name in ("fwd", "bwd", "fwd+bwd"):
+        assert status[("torch", pass_name)]["status"] == "ok"
+        wrong = status[("broken", pass_name)]
+        assert wrong["status"] == "WRONG" and wrong["ms"] is None and "output error" in wrong["note"]
+    assert status[("bad_grad", "fwd")]["status"] == "ok"
+    for pass_name in ("bwd", "fwd+bwd"):
+        wrong = status[("bad_grad", pass_name)]
+        assert wrong["status"] == "WRONG" and wrong["ms"] is None and "grad input" in wrong["note"]
+
+
+def test_byte_accounting():
+    case = make_case("layer_norm", Variant("default"), (8, 64), torch.float32, "cpu")
+    x, params = 8 * 64 * 4, 2 * 64 * 4
+    assert bytes_moved(case, "fwd") == 2 * x + params
+    assert bytes_moved(case, "bwd") == 3 * x + 2 * params
+    assert bytes_moved(case, "fwd+bwd") == 5 * x + 3 * params
+    fused = make_case("add_rms_norm", Variant("default"), (8, 64), torch.bfloat16, "cpu")
+    assert bytes_moved(fused, "fwd") == 4 * 8 * 64 * 2 + 64 * 2
+
+
+def test_bad_arguments_name_the_problem(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--ops", "no_such_norm", "--device", "cpu"])
+    assert "unknown op 'no_such_norm'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--sizes", "12xq"])
+    assert "integers joined by 'x'" in capsys.readouterr().err
+
+
+def test_make_tables(tmp_path):
+    out, _, _ = _run_cli(tmp_path, "--ops", "layer_norm,rms_norm", "--sizes", "8x64", "--providers", "norm_ext,torch",
+                         "--no-plots")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "make_tables.py"), str(out / "results.json")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "### layer_norm fwd" in result.stdout and "### rms_norm fwd+bwd" in result.stdout
+    assert "% of copy" in result.stdout
+
+
+def test_large_row_norm_cases_are_checked_on_their_first_rows(monkeypatch):
+    monkeypatch.setattr(harness, "CHECK_MAX_ELEMENTS", 64)
+    case = make_case("rms_norm", Variant("default"), (16, 32), torch.float32, "cpu")
+    small, grad_out = harness.checkable_case(case)
+    assert small.shape == (2, 32) and grad_out.shape == (2, 32)
+    fits = make_case("rms_norm", Variant("default"), (2, 32), torch.float32, "cpu")
+    assert harness.checkable_case(fits)[0] is fits
