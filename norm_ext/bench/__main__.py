@@ -19,6 +19,10 @@ DEFAULT_OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batc
                "group_norm_silu", "instance_norm", "weight_norm")  # fmt: skip
 
 
+# The default keeps a plain run to a few minutes on a 2-core CPU; the backward alone is fwd+bwd - fwd.
+DEFAULT_PASSES = ("fwd", "fwd+bwd")
+
+
 def _csv(text: str) -> List[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -49,14 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="HIDDEN, ROWSxHIDDEN or NxCxHxW, comma-separated; each op takes "
         "the sizes of its rank (default: the op's sweep, sized to exceed the CPU's L3)",
     )
-    p.add_argument("--pass", dest="passes", type=_csv, default=list(C.PASSES), help="fwd,bwd,fwd+bwd (default all)")
+    p.add_argument(
+        "--pass",
+        dest="passes",
+        type=_csv,
+        default=list(DEFAULT_PASSES),
+        help="fwd,bwd,fwd+bwd (default fwd,fwd+bwd; bwd alone on request)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible, else cpu")
     p.add_argument("--providers", type=_csv, default=list(DEFAULT_PROVIDERS), help="default: all, absent ones skipped")
     p.add_argument("--out", default="bench_out", help="directory for results.csv/.json and plots/")
     p.add_argument("--quick", action="store_true", help="small sizes and short timing, a smoke test")
     p.add_argument("--min-time", type=float, help="seconds of timing per measurement (default 0.3, quick 0.02)")
     p.add_argument("--reps", type=int, help="maximum timed calls per measurement (default 200, quick 5)")
-    p.add_argument("--warmup", type=int, help="untimed calls first (default 3, quick 1)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default: 3 on a GPU, else 1)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. the cores available)")
     p.add_argument("--no-graph", action="store_true", help="GPU: never time through a CUDA graph")
     p.add_argument("--no-plots", action="store_true")
@@ -101,7 +111,7 @@ def main(argv: List[str] | None = None) -> int:
         providers=args.providers,
         min_time_s=args.min_time if args.min_time is not None else (0.02 if quick else 0.3),
         max_reps=args.reps if args.reps is not None else (5 if quick else 200),
-        warmup=args.warmup if args.warmup is not None else (1 if quick else 3),
+        warmup=args.warmup if args.warmup is not None else (1 if quick or device == "cpu" else 3),
         use_graph=not args.no_graph,
         argv=["python -m norm_ext.bench"] + list(sys.argv[1:] if argv is None else argv),
     )

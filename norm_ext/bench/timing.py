@@ -7,7 +7,9 @@ dominate; the graph is skipped if capture fails.
 
 CPU: wall-clock per call (``time.perf_counter``) after a warm-up, ``torch.get_num_threads()``
 threads (reported with the results). Inputs are sized above the last-level cache by the default
-sweeps, so no cache flush is needed there.
+sweeps, so no cache flush is needed there. The copy baseline and the providers of one case are
+timed round-robin (one call each per round), so that a change in the machine's load during the run
+reaches all of them alike and the ratios stay meaningful.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 import torch
 
@@ -107,9 +109,29 @@ def time_cuda(
     return _summarize(samples, graph)
 
 
-def time_call(fn: Callable[[], object], device: str, **kwargs) -> Timing:
+def time_cpu_interleaved(
+    fns: Sequence[Callable[[], object]], *, min_time_s: float, max_reps: int, warmup: int
+) -> List[Timing]:
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples: List[List[float]] = [[] for _ in fns]
+    deadline = time.perf_counter() + min_time_s * len(fns)
+    while True:
+        for fn, own in zip(fns, samples):
+            start = time.perf_counter()
+            fn()
+            own.append((time.perf_counter() - start) * 1e3)
+        done = len(samples[0])
+        if done >= max_reps or (done >= 3 and time.perf_counter() >= deadline):
+            return [_summarize(own) for own in samples]
+
+
+def time_calls(fns: Sequence[Callable[[], object]], device: str, **kwargs) -> List[Timing]:
+    """Time several functions of one case: one after another on the GPU (CUDA events are immune to
+    host load), round-robin on the CPU."""
     if device == "cuda":
-        return time_cuda(fn, **kwargs)
+        return [time_cuda(fn, **kwargs) for fn in fns]
     kwargs.pop("bytes_moved", None)
     kwargs.pop("use_graph", None)
-    return time_cpu(fn, **kwargs)
+    return time_cpu_interleaved(fns, **kwargs)
