@@ -1,0 +1,84 @@
+#pragma once
+// Type-erased entry points of the CPU batch-norm kernels, one set per instruction set; see isa.h.
+// The data is in one of the two layouts of common/batch_norm.h: channels-first [outer = N][C][inner]
+// or channels-last [outer = rows][C] (inner = 1). Per-channel vectors are contiguous arrays in the
+// accumulation type (float, or double for double input), already converted by the caller.
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "cpu/isa.h"
+
+namespace norm_ext::cpu {
+
+struct BatchNormShape {
+  bool channels_last;
+  int64_t outer;
+  int64_t channels;
+  int64_t inner;
+};
+
+// Per-channel mean and m2 (sum of squared deviations), accumulated relative to shift[c].
+struct BatchNormStatsArgs {
+  at::ScalarType dtype;
+  BatchNormShape shape;
+  const void* x;
+  const bool* pad;  // channels-last only; null when absent, else true rows are left out
+  const void* shift;
+  void* mean;
+  void* m2;
+};
+
+// Per-channel sum(dy) and sum(dy * (x - mean)).
+struct BatchNormBackwardReduceArgs {
+  at::ScalarType dtype;
+  BatchNormShape shape;
+  const void* dy;
+  const void* x;
+  const bool* pad;
+  const void* mean;
+  void* sum_dy;
+  void* sum_dy_xmu;
+};
+
+// out = (x - mean[c]) * scale[c] + shift[c] + dy_scale[c] * dy; padded rows are set to zero.
+struct BatchNormAffineArgs {
+  at::ScalarType dtype;
+  BatchNormShape shape;
+  const void* x;
+  const void* dy;  // null in the forward
+  const bool* pad;
+  void* out;
+  const void* mean;
+  const void* scale;
+  const void* shift;
+  const void* dy_scale;  // null in the forward
+};
+
+namespace isa_default {
+void batch_norm_stats(const BatchNormStatsArgs& args);
+void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
+void batch_norm_affine(const BatchNormAffineArgs& args);
+}  // namespace isa_default
+
+namespace isa_avx2 {
+void batch_norm_stats(const BatchNormStatsArgs& args);
+void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
+void batch_norm_affine(const BatchNormAffineArgs& args);
+}  // namespace isa_avx2
+
+inline void batch_norm_stats(const BatchNormStatsArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_stats(args) : isa_default::batch_norm_stats(args);
+}
+
+inline void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_backward_reduce(args)
+                             : isa_default::batch_norm_backward_reduce(args);
+}
+
+inline void batch_norm_affine(const BatchNormAffineArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_affine(args) : isa_default::batch_norm_affine(args);
+}
+
+}  // namespace norm_ext::cpu
