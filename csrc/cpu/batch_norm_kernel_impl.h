@@ -21,6 +21,7 @@
 
 #include "common/welford.h"
 #include "cpu/batch_norm_kernel.h"
+#include "cpu/vec_convert.h"
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
 namespace {
@@ -32,36 +33,6 @@ constexpr int64_t kGrainElements = 1 << 15;
 // (channels-last) so that rounding error does not grow linearly with the batch.
 constexpr int64_t kSumChunk = 1024;
 constexpr int64_t kRowFlush = 256;
-
-// src widened to acc_t. at::vec::convert has no vectorized BFloat16/Half -> float overload (only the
-// narrowing direction), so its generic element loop would cost more than the reduction itself.
-template <typename src_t, typename acc_t>
-void widen(const src_t* src, acc_t* dst, int64_t n) {
-  if constexpr (std::is_same_v<src_t, at::BFloat16> || std::is_same_v<src_t, at::Half>) {
-    using SrcVec = Vectorized<src_t>;
-    constexpr int64_t kLanes = Vectorized<float>::size();
-    int64_t i = 0;
-    for (; i + SrcVec::size() <= n; i += SrcVec::size()) {
-      const auto [lo, hi] = at::vec::convert_to_float<src_t>(SrcVec::loadu(src + i));
-      lo.store(dst + i);
-      hi.store(dst + i + kLanes);
-    }
-    for (; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]);
-  } else {
-    at::vec::convert(src, dst, n);
-  }
-}
-
-// The data as acc_t: the pointer itself when no conversion is needed, else `buf` filled from it.
-template <typename src_t, typename acc_t>
-const acc_t* as_acc(const src_t* src, acc_t* buf, int64_t n) {
-  if constexpr (std::is_same_v<src_t, acc_t>) {
-    return src;
-  } else {
-    widen(src, buf, n);
-    return buf;
-  }
-}
 
 template <typename acc_t>
 acc_t reduce_lanes(const Vectorized<acc_t>& v) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cpu/row_norm_kernel.h"
+#include "cpu/vec_convert.h"
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
 namespace {
@@ -98,26 +99,6 @@ acc_t chunked_dot(const acc_t* a, const acc_t* b, int64_t n) {
   return total;
 }
 
-template <typename dst_t, typename src_t>
-void convert_row(const src_t* src, dst_t* dst, int64_t n) {
-  if constexpr (std::is_same_v<src_t, dst_t>) {
-    std::copy(src, src + n, dst);
-  } else {
-    at::vec::convert(src, dst, n);
-  }
-}
-
-// The row in the accumulation type: the input itself when it already is, else converted into buf.
-template <typename acc_t, typename src_t>
-const acc_t* row_as_acc(const src_t* src, acc_t* buf, int64_t n) {
-  if constexpr (std::is_same_v<src_t, acc_t>) {
-    return src;
-  } else {
-    convert_row(src, buf, n);
-    return buf;
-  }
-}
-
 // Forward over rows. in_t: input/output dtype; h_t: dtype of the normalised row as stored (the
 // input itself, or the residual stream for the fused add).
 template <typename in_t, typename h_t>
@@ -145,7 +126,7 @@ void row_norm_fwd_cpu(const in_t* x, const h_t* residual, h_t* residual_out, in_
       } else if constexpr (std::is_same_v<in_t, acc_t>) {
         h = x + off;
       } else {
-        convert_row(x + off, buf.data(), cols);
+        widen(x + off, buf.data(), cols);
         h = buf.data();
       }
       const acc_t n = static_cast<acc_t>(cols);
@@ -170,7 +151,7 @@ void row_norm_fwd_cpu(const in_t* x, const h_t* residual, h_t* residual_out, in_
         if (b != nullptr) v += b[i];
         out[i] = v;
       }
-      if constexpr (!std::is_same_v<in_t, acc_t>) convert_row(buf.data(), y + off, cols);
+      if constexpr (!std::is_same_v<in_t, acc_t>) narrow(buf.data(), y + off, cols);
     }
   });
 }
@@ -202,8 +183,8 @@ void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_
         const int64_t off = row * cols;
         const acc_t r = rstd[row];
         const acc_t mu = (rms || saved_is_output) ? acc_t(0) : mean[row];
-        const acc_t* s_row = row_as_acc(saved + off, saved_buf.data(), cols);
-        const acc_t* dy_row = row_as_acc(dy + off, dy_buf.data(), cols);
+        const acc_t* s_row = as_acc(saved + off, saved_buf.data(), cols);
+        const acc_t* dy_row = as_acc(dy + off, dy_buf.data(), cols);
         // x_hat and g = dy * w; dgamma += dy * x_hat, dbeta += dy. The row-uniform branches are hoisted
         // by the compiler (loop unswitching); each element is touched once here.
         const Vec vmu(mu), vr(r);
@@ -239,13 +220,13 @@ void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_
         }
         for (; i < cols; ++i) g[i] = r * (g[i] - mean_g - xhat[i] * mean_gx);
         if (grad_residual != nullptr) {
-          const acc_t* gr_row = row_as_acc(grad_residual + off, xhat.data(), cols);
+          const acc_t* gr_row = as_acc(grad_residual + off, xhat.data(), cols);
           for (i = 0; i + kLanes <= cols; i += kLanes) {
             (Vec::loadu(g.data() + i) + Vec::loadu(gr_row + i)).store(g.data() + i);
           }
           for (; i < cols; ++i) g[i] += gr_row[i];
         }
-        convert_row(g.data(), dx + off, cols);
+        narrow(g.data(), dx + off, cols);
       }
     }
   });
