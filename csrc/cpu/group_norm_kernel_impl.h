@@ -3,9 +3,10 @@
 // group_norm_kernel_{default,avx2}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Contiguous (NCHW) input whose groups fit in L2 (kFusedGroupElements) is processed one (n, g) group
-// per work item: the group is brought into acc_t buffers once, and the forward (statistics, then
-// output) or the backward (dz and xhat with the SiLU's exp evaluated once, per-channel sums, group
-// means, grad_input) run on the cached copy, so DRAM sees x (and dy) once.
+// per work item: the forward (statistics, then output) or the backward (dz and xhat with the SiLU's
+// exp evaluated once, per-channel sums, group means, grad_input) runs on the group while it is in
+// L2 (converted once into acc_t buffers where needed), so DRAM sees x (and dy) once. Channels-last
+// input keeps the two-pass backward, which evaluates the SiLU's exp in both passes.
 //
 // Otherwise the structure mirrors the CUDA kernels: the forward is one statistics pass and one
 // output pass, the backward one reduction pass (per-(n, c) sums) and one pass computing grad_input.
@@ -86,26 +87,66 @@ acc_t span_sum(const acc_t* p, int64_t n) {
 }
 
 template <typename acc_t>
-acc_t span_sum_sq_dev(const acc_t* p, int64_t n, acc_t shift) {
+acc_t span_sum_dev(const acc_t* p, int64_t n, acc_t origin) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size();
-  const Vec vshift(shift);
-  Vec acc(0);
+  const Vec vorigin(origin);
+  Vec acc0(0), acc1(0);
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const Vec d = Vec::loadu(p + i) - vshift;
-    acc = at::vec::fmadd(d, d, acc);
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    acc0 += Vec::loadu(p + i) - vorigin;
+    acc1 += Vec::loadu(p + i + kLanes) - vorigin;
   }
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; i < n; ++i) s += (p[i] - shift) * (p[i] - shift);
+  for (; i + kLanes <= n; i += kLanes) acc0 += Vec::loadu(p + i) - vorigin;
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc0 + acc1);
+  for (; i < n; ++i) s += p[i] - origin;
   return s;
 }
 
-// In place: p <- p - shift. Close values subtract exactly, so statistics of the shifted values keep
-// the precision that |mean| >> std would otherwise cost the fp32 sums.
+// sum(((p - origin) - mean)^2): the deviations from `origin` (a value of the group) are exact, so
+// an offset |origin| >> std does not reach the squares.
 template <typename acc_t>
-void subtract_shift(acc_t* p, int64_t n, const acc_t* shift, bool per_element) {
-  for (int64_t i = 0; i < n; ++i) p[i] -= shift[per_element ? i : 0];
+acc_t span_sum_sq_dev(const acc_t* p, int64_t n, acc_t origin, acc_t mean) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  const Vec vorigin(origin), vmean(mean);
+  Vec acc(0);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec d = (Vec::loadu(p + i) - vorigin) - vmean;
+    acc = at::vec::fmadd(d, d, acc);
+  }
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < n; ++i) s += ((p[i] - origin) - mean) * ((p[i] - origin) - mean);
+  return s;
+}
+
+// The acc_t view of n input elements: the input itself when it already is acc_t, else a converted
+// copy in buf.
+template <typename in_t, typename acc_t>
+const acc_t* acc_view(const in_t* p, acc_t* buf, int64_t n) {
+  if constexpr (std::is_same_v<in_t, acc_t>) {
+    return p;
+  } else {
+    convert_span(p, buf, n);
+    return buf;
+  }
+}
+
+// Where a pass writes acc_t results bound for `out`: out itself when it is acc_t, else buf, which
+// finish_output then converts into out.
+template <typename out_t, typename acc_t>
+acc_t* acc_target(out_t* out, acc_t* buf) {
+  if constexpr (std::is_same_v<out_t, acc_t>) {
+    return out;
+  } else {
+    return buf;
+  }
+}
+
+template <typename out_t, typename acc_t>
+void finish_output(const acc_t* buf, out_t* out, int64_t n) {
+  if constexpr (!std::is_same_v<out_t, acc_t>) convert_span(buf, out, n);
 }
 
 // (count, mean, m2) of a contiguous span, relative to `shift`: two passes per kInnerChunk, chunks
@@ -115,11 +156,10 @@ WelfordState<acc_t> contiguous_span_stats(const in_t* x, int64_t n, acc_t shift,
   WelfordState<acc_t> total = welford_init<acc_t>();
   for (int64_t start = 0; start < n; start += kInnerChunk) {
     const int64_t len = std::min(kInnerChunk, n - start);
-    convert_span(x + start, buf, len);
-    subtract_shift(buf, len, &shift, false);
+    const acc_t* v = acc_view(x + start, buf, len);
     const acc_t count = static_cast<acc_t>(len);
-    const acc_t mean = span_sum(buf, len) / count;
-    total = welford_merge(total, WelfordState<acc_t>{count, mean, span_sum_sq_dev(buf, len, mean)});
+    const acc_t mean = span_sum_dev(v, len, shift) / count;
+    total = welford_merge(total, WelfordState<acc_t>{count, mean, span_sum_sq_dev(v, len, shift, mean)});
   }
   return total;
 }
@@ -178,9 +218,8 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
         const acc_t count = static_cast<acc_t>((row_end - row_begin) * s.channels_per_group);
         std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
         for (int64_t r = row_begin; r < row_end; ++r) {
-          convert_span(base + r * s.c, row.data(), s.c);
-          subtract_shift(row.data(), s.c, channel_shift.data(), true);
-          for (int64_t c = 0; c < s.c; ++c) channel_acc[c] += row[c];
+          const acc_t* v = acc_view(base + r * s.c, row.data(), s.c);
+          for (int64_t c = 0; c < s.c; ++c) channel_acc[c] += v[c] - channel_shift[c];
         }
         for (int64_t g = 0; g < s.groups; ++g) {
           const int64_t c0 = g * s.channels_per_group;
@@ -190,10 +229,9 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
         }
         std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
         for (int64_t r = row_begin; r < row_end; ++r) {
-          convert_span(base + r * s.c, row.data(), s.c);
-          subtract_shift(row.data(), s.c, channel_shift.data(), true);
+          const acc_t* v = acc_view(base + r * s.c, row.data(), s.c);
           for (int64_t c = 0; c < s.c; ++c) {
-            const acc_t d = row[c] - channel_mean[c];
+            const acc_t d = (v[c] - channel_shift[c]) - channel_mean[c];
             channel_acc[c] += d * d;
           }
         }
@@ -236,22 +274,24 @@ Vectorized<acc_t> sigmoid(const Vectorized<acc_t>& z) {
   return one / (one + z.neg().exp());
 }
 
-// In place: v <- act((v - mu) * scale + shift).
+// out <- act(((v - origin) - mu) * scale + shift); out may be v. The mean is given relative to
+// `origin` (zero when it is absolute).
 template <typename acc_t>
-void normalize_span(acc_t* v, int64_t len, SpanParam<acc_t> mu, SpanParam<acc_t> scale, SpanParam<acc_t> shift,
-                    bool silu) {
+void normalize_span(const acc_t* v, acc_t* out, int64_t len, acc_t origin, SpanParam<acc_t> mu, SpanParam<acc_t> scale,
+                    SpanParam<acc_t> shift, bool silu) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size();
+  const Vec vorigin(origin);
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) {
-    Vec z = (Vec::loadu(v + i) - mu.vec(i)) * scale.vec(i) + shift.vec(i);
+    Vec z = ((Vec::loadu(v + i) - vorigin) - mu.vec(i)) * scale.vec(i) + shift.vec(i);
     if (silu) z = z * sigmoid(z);
-    z.store(v + i);
+    z.store(out + i);
   }
   for (; i < len; ++i) {
-    acc_t z = (v[i] - mu.at(i)) * scale.at(i) + shift.at(i);
+    acc_t z = ((v[i] - origin) - mu.at(i)) * scale.at(i) + shift.at(i);
     if (silu) z *= sigmoid(z);
-    v[i] = z;
+    out[i] = z;
   }
 }
 
@@ -311,9 +351,9 @@ void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const
         for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
           const int64_t len = std::min(kInnerChunk, s.hw - start);
           const int64_t off = plane * s.hw + start;
-          convert_span(x + off, buf.data(), len);
-          normalize_span(buf.data(), len, mu, scale, shift, silu);
-          convert_span(buf.data(), y + off, len);
+          normalize_span(acc_view(x + off, buf.data(), len), acc_target(y + off, buf.data()), len, acc_t(0), mu, scale,
+                         shift, silu);
+          finish_output(buf.data(), y + off, len);
         }
       }
     });
@@ -323,10 +363,10 @@ void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const
       std::vector<acc_t> buf(s.c);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / s.hw;
-        convert_span(x + r * s.c, buf.data(), s.c);
-        normalize_span(buf.data(), s.c, SpanParam<acc_t>{mean_nc + n * s.c, true, 0},
-                       SpanParam<acc_t>{scale_nc + n * s.c, true, 0}, SpanParam<acc_t>{b, true, 0}, silu);
-        convert_span(buf.data(), y + r * s.c, s.c);
+        normalize_span(acc_view(x + r * s.c, buf.data(), s.c), acc_target(y + r * s.c, buf.data()), s.c, acc_t(0),
+                       SpanParam<acc_t>{mean_nc + n * s.c, true, 0}, SpanParam<acc_t>{scale_nc + n * s.c, true, 0},
+                       SpanParam<acc_t>{b, true, 0}, silu);
+        finish_output(buf.data(), y + r * s.c, s.c);
       }
     });
   }
@@ -508,39 +548,40 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
   }
 }
 
-// The forward on contiguous input, one whole (n, g) group per work item: statistics of the cached
-// group relative to its first element, then the output from the same copy.
+// The forward on contiguous input, one whole (n, g) group per work item: statistics of the group
+// relative to its first element, then the output from the same (cached) values.
 template <typename in_t, typename acc_t>
 void group_norm_fused_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& s, double eps, const acc_t* w,
                                   const acc_t* b, bool silu, acc_t* mean, acc_t* rstd) {
   const int64_t len = s.channels_per_group * s.hw;
   at::parallel_for(0, s.n * s.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(len);
+    // Reduced-precision input is converted once; acc_t input is read in place (from L2 the second time).
+    std::vector<acc_t> buf(std::is_same_v<in_t, acc_t> ? 0 : len);
     for (int64_t group = begin; group < end; ++group) {
       const int64_t offset = group * len;
-      convert_span(x + offset, buf.data(), len);
-      const acc_t shift = buf[0];
-      subtract_shift(buf.data(), len, &shift, false);
+      const acc_t* v = acc_view(x + offset, buf.data(), len);
+      const acc_t shift = v[0];
       WelfordState<acc_t> st = welford_init<acc_t>();
       for (int64_t start = 0; start < len; start += kInnerChunk) {
         const int64_t chunk = std::min(kInnerChunk, len - start);
         const acc_t count = static_cast<acc_t>(chunk);
-        const acc_t chunk_mean = span_sum(buf.data() + start, chunk) / count;
+        const acc_t chunk_mean = span_sum_dev(v + start, chunk, shift) / count;
         st = welford_merge(
-            st, WelfordState<acc_t>{count, chunk_mean, span_sum_sq_dev(buf.data() + start, chunk, chunk_mean)});
+            st, WelfordState<acc_t>{count, chunk_mean, span_sum_sq_dev(v + start, chunk, shift, chunk_mean)});
       }
       const acc_t group_rstd = acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + static_cast<acc_t>(eps));
       mean[group] = shift + st.mean;
       rstd[group] = group_rstd;
+      acc_t* out = acc_target(y + offset, buf.data());
       const int64_t c0 = (group % s.groups) * s.channels_per_group;
       for (int64_t d = 0; d < s.channels_per_group; ++d) {
         const int64_t c = c0 + d;
         const acc_t scale = group_rstd * param_or(w, c, acc_t(1));
-        normalize_span(buf.data() + d * s.hw, s.hw, SpanParam<acc_t>{&st.mean, false, 0},
+        normalize_span(v + d * s.hw, out + d * s.hw, s.hw, shift, SpanParam<acc_t>{&st.mean, false, 0},
                        SpanParam<acc_t>{&scale, false, 0}, SpanParam<acc_t>{b != nullptr ? b + c : nullptr, false, 0},
                        silu);
       }
-      convert_span(buf.data(), y + offset, len);
+      finish_output(buf.data(), y + offset, len);
     }
   });
 }
