@@ -1,0 +1,60 @@
+#pragma once
+// Type-erased entry points of the CPU GroupNorm kernels, one set per instruction set; see isa.h.
+// Input, output and gradient buffers are contiguous in the layout `shape` describes (N x C x HW, or
+// N x HW x C when channels_last); statistics (N x G) and affine parameters (C) are in the
+// accumulation type (float, or double for double input), parameters already converted by the caller.
+
+#include <c10/core/ScalarType.h>
+
+#include "common/group_norm.h"
+#include "cpu/isa.h"
+
+namespace norm_ext::cpu {
+
+struct GroupNormFwdArgs {
+  at::ScalarType dtype;  // input and output
+  const void* x;
+  void* y;
+  void* mean;
+  void* rstd;
+  const void* w;  // null when absent
+  const void* b;
+  GroupNormShape shape;
+  double eps;
+  bool silu;
+};
+
+struct GroupNormBwdArgs {
+  at::ScalarType dtype;  // grad_out, input and grad_input
+  const void* dy;
+  const void* x;
+  void* dx;
+  const void* mean;
+  const void* rstd;
+  const void* w;  // null when absent
+  const void* b;
+  void* dw;  // null when not wanted
+  void* db;
+  GroupNormShape shape;
+  bool silu;
+};
+
+namespace isa_default {
+void group_norm_fwd(const GroupNormFwdArgs& args);
+void group_norm_bwd(const GroupNormBwdArgs& args);
+}  // namespace isa_default
+
+namespace isa_avx2 {
+void group_norm_fwd(const GroupNormFwdArgs& args);
+void group_norm_bwd(const GroupNormBwdArgs& args);
+}  // namespace isa_avx2
+
+inline void group_norm_fwd(const GroupNormFwdArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::group_norm_fwd(args) : isa_default::group_norm_fwd(args);
+}
+
+inline void group_norm_bwd(const GroupNormBwdArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::group_norm_bwd(args) : isa_default::group_norm_bwd(args);
+}
+
+}  // namespace norm_ext::cpu
