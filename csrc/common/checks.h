@@ -127,15 +127,4 @@ inline at::ScalarType check_add_norm_inputs(const char* op, const at::Tensor& in
   return h_dtype;
 }
 
-// A float32 residual summed into a narrower stream must be rounded once, after the add; the fused
-// kernels read the residual in the stream's dtype, which would round it twice. This mix is rare, so
-// the wrappers compute h unfused for it and normalise h with the plain kernel.
-inline bool add_norm_needs_unfused_sum(const at::Tensor& residual, at::ScalarType h_dtype) {
-  return residual.scalar_type() == at::kFloat && h_dtype != at::kFloat;
-}
-
-inline at::Tensor residual_stream_unfused(const at::Tensor& input, const at::Tensor& residual, at::ScalarType h_dtype) {
-  return (input.to(at::kFloat) + residual).to(h_dtype);
-}
-
 }  // namespace norm_ext

@@ -3,7 +3,7 @@
 // row_norm_backward in csrc/cpu/layer_norm.cpp and csrc/cuda/layer_norm.cu), so that the backends
 // differ only in those bodies and register with one call.
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -11,6 +11,17 @@
 #include <vector>
 
 namespace norm_ext {
+
+// A float32 residual summed into a narrower stream must be rounded once, after the add; the fused
+// kernels read the residual in the stream's dtype, which would round it twice. This mix is rare, so
+// the wrappers compute h unfused for it and normalise h with the plain kernel.
+inline bool add_norm_needs_unfused_sum(const at::Tensor& residual, at::ScalarType h_dtype) {
+  return residual.scalar_type() == at::kFloat && h_dtype != at::kFloat;
+}
+
+inline at::Tensor residual_stream_unfused(const at::Tensor& input, const at::Tensor& residual, at::ScalarType h_dtype) {
+  return (input.to(at::kFloat) + residual).to(h_dtype);
+}
 
 // Forward body: (op name, input, residual or null, residual_dtype, normalized_shape, weight, bias,
 // eps, zero_centered, rms) -> {out, [residual_out], [mean], rstd}.

@@ -18,8 +18,6 @@
 // independent of the thread count and scheduling. The output pass computes
 // (x - mean) * (rstd * w) + b, never x * a + (b - mean * a), which cancels when |mean| >> std.
 
-// ATen.h for the tensor operators that common/checks.h (through common/group_norm.h) uses.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -34,6 +32,7 @@
 
 #include "common/welford.h"
 #include "cpu/group_norm_kernel.h"
+#include "cpu/vec_convert.h"
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
 namespace {
@@ -49,26 +48,6 @@ constexpr int64_t kStatsChunk = 1 << 14;
 constexpr int64_t kInnerChunk = 1024;
 // Elements per parallel work item in the elementwise passes.
 constexpr int64_t kGrainElements = 1 << 15;
-
-template <typename dst_t, typename src_t>
-void convert_span(const src_t* src, dst_t* dst, int64_t n) {
-  if constexpr (std::is_same_v<src_t, dst_t>) {
-    std::copy(src, src + n, dst);
-  } else if constexpr (c10::is_reduced_floating_point_v<src_t> && std::is_same_v<dst_t, float>) {
-    // at::vec::convert has no vectorized widening of bf16 / fp16; its scalar loop dominates the passes.
-    using SrcVec = Vectorized<src_t>;
-    constexpr int64_t kLanes = Vectorized<float>::size();
-    int64_t i = 0;
-    for (; i + SrcVec::size() <= n; i += SrcVec::size()) {
-      const auto [lo, hi] = at::vec::convert_to_float<src_t>(SrcVec::loadu(src + i));
-      lo.store(dst + i);
-      hi.store(dst + i + kLanes);
-    }
-    for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-  } else {
-    at::vec::convert(src, dst, n);
-  }
-}
 
 template <typename acc_t>
 acc_t span_sum(const acc_t* p, int64_t n) {
@@ -128,7 +107,7 @@ const acc_t* acc_view(const in_t* p, acc_t* buf, int64_t n) {
   if constexpr (std::is_same_v<in_t, acc_t>) {
     return p;
   } else {
-    convert_span(p, buf, n);
+    widen(p, buf, n);
     return buf;
   }
 }
@@ -146,7 +125,7 @@ acc_t* acc_target(out_t* out, acc_t* buf) {
 
 template <typename out_t, typename acc_t>
 void finish_output(const acc_t* buf, out_t* out, int64_t n) {
-  if constexpr (!std::is_same_v<out_t, acc_t>) convert_span(buf, out, n);
+  if constexpr (!std::is_same_v<out_t, acc_t>) narrow(buf, out, n);
 }
 
 // (count, mean, m2) of a contiguous span, relative to `shift`: two passes per kInnerChunk, chunks
@@ -390,8 +369,8 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
         acc_t total_dz = 0, total_dz_xhat = 0;
         for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
           const int64_t len = std::min(kInnerChunk, s.hw - start);
-          convert_span(dy + plane * s.hw + start, dy_buf.data(), len);
-          convert_span(x + plane * s.hw + start, x_buf.data(), len);
+          widen(dy + plane * s.hw + start, dy_buf.data(), len);
+          widen(x + plane * s.hw + start, x_buf.data(), len);
           dz_xhat_span(dy_buf.data(), x_buf.data(), len, mu, r, wc, bc, silu);
           total_dz += span_sum(dy_buf.data(), len);
           total_dz_xhat += span_dot(dy_buf.data(), x_buf.data(), len);
@@ -416,8 +395,8 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
       const SpanParam<acc_t> mu{mean_nc + n * s.c, true, 0}, r{rstd_nc + n * s.c, true, 0};
       for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t off = (n * s.hw + row) * s.c;
-        convert_span(dy + off, dy_row.data(), s.c);
-        convert_span(x + off, x_row.data(), s.c);
+        widen(dy + off, dy_row.data(), s.c);
+        widen(x + off, x_row.data(), s.c);
         dz_xhat_span(dy_row.data(), x_row.data(), s.c, mu, r, SpanParam<acc_t>{w, true, 1},
                      SpanParam<acc_t>{b, true, 0}, silu);
         for (int64_t c = 0; c < s.c; ++c) {
@@ -520,11 +499,11 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
         for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
           const int64_t len = std::min(kInnerChunk, s.hw - start);
           const int64_t off = plane * s.hw + start;
-          convert_span(dy + off, dy_buf.data(), len);
-          convert_span(x + off, x_buf.data(), len);
+          widen(dy + off, dy_buf.data(), len);
+          widen(x + off, x_buf.data(), len);
           dz_xhat_span(dy_buf.data(), x_buf.data(), len, mu, r, wc, bc, silu);
           grad_input_span(dy_buf.data(), x_buf.data(), len, r, wc, cdz, cx);
-          convert_span(x_buf.data(), dx + off, len);
+          narrow(x_buf.data(), dx + off, len);
         }
       }
     });
@@ -536,13 +515,13 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
         const int64_t off = row * s.c;
         const int64_t nc0 = (row / s.hw) * s.c;
         const SpanParam<acc_t> r{rstd_nc + nc0, true, 0}, wc{w, true, 1};
-        convert_span(dy + off, dy_buf.data(), s.c);
-        convert_span(x + off, x_buf.data(), s.c);
+        widen(dy + off, dy_buf.data(), s.c);
+        widen(x + off, x_buf.data(), s.c);
         dz_xhat_span(dy_buf.data(), x_buf.data(), s.c, SpanParam<acc_t>{mean_nc + nc0, true, 0}, r, wc,
                      SpanParam<acc_t>{b, true, 0}, silu);
         grad_input_span(dy_buf.data(), x_buf.data(), s.c, r, wc, SpanParam<acc_t>{coef_dz + nc0, true, 0},
                         SpanParam<acc_t>{coef_xhat + nc0, true, 0});
-        convert_span(x_buf.data(), dx + off, s.c);
+        narrow(x_buf.data(), dx + off, s.c);
       }
     });
   }
@@ -600,8 +579,8 @@ void group_norm_fused_backward_cpu(const in_t* dy, const in_t* x, in_t* dx, cons
       const int64_t offset = group * len;
       const int64_t n = group / s.groups, g = group % s.groups, c0 = g * s.channels_per_group;
       const SpanParam<acc_t> mu{mean + group, false, 0}, r{rstd + group, false, 0};
-      convert_span(dy + offset, dz_buf.data(), len);
-      convert_span(x + offset, x_buf.data(), len);
+      widen(dy + offset, dz_buf.data(), len);
+      widen(x + offset, x_buf.data(), len);
       for (int64_t d = 0; d < s.channels_per_group; ++d) {
         const int64_t c = c0 + d;
         acc_t* dz_c = dz_buf.data() + d * s.hw;
@@ -618,7 +597,7 @@ void group_norm_fused_backward_cpu(const in_t* dy, const in_t* x, in_t* dx, cons
                         SpanParam<acc_t>{w != nullptr ? w + c : nullptr, false, 1},
                         SpanParam<acc_t>{&mean_dz, false, 0}, SpanParam<acc_t>{&mean_dz_xhat, false, 0});
       }
-      convert_span(x_buf.data(), dx + offset, len);
+      narrow(x_buf.data(), dx + offset, len);
     }
   });
 }
