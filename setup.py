@@ -61,7 +61,10 @@ def _extra_cuda_include_dirs():
 def _extension():
     with_cuda, request = _want_cuda()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fvisibility=hidden"]
+    # at::parallel_for is a header template whose OpenMP pragma compiles into our objects: without
+    # -fopenmp every kernel would silently run on one thread. (Apple clang has no -fopenmp.)
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx = ["-O3", "-fvisibility=hidden", *openmp]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -74,9 +77,16 @@ def _extension():
             include_dirs=list(include_dirs),
             define_macros=[("NORM_EXT_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]},
+            extra_link_args=openmp,
         )
     else:
-        ext = CppExtension("norm_ext._C", sources, include_dirs=list(include_dirs), extra_compile_args={"cxx": cxx})
+        ext = CppExtension(
+            "norm_ext._C",
+            sources,
+            include_dirs=list(include_dirs),
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=openmp,
+        )
     print(
         "norm_ext build configuration:\n"
         f"  torch {torch.__version__} (CUDA {torch.version.cuda})\n"
