@@ -40,6 +40,11 @@ inline void check_param(const char* op, const char* name, const at::Tensor& p, c
                    p.scalar_type());
 }
 
+// Per-row and per-channel statistics are accumulated and returned in float32 (float64 for float64).
+inline at::ScalarType stat_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 struct RowShape {
   int64_t rows;
   int64_t cols;
@@ -78,13 +83,13 @@ inline std::vector<int64_t> row_stat_shape(const at::Tensor& input, int64_t norm
   return std::vector<int64_t>(input.sizes().begin(), input.sizes().end() - normalized_ndim);
 }
 
-// Checks shared by the row-norm backward ops. grad_out has the forward output's dtype, which is the
-// dtype the affine parameters relate to; `saved` is the forward input (or, for the fused residual
-// ops, the residual stream h, which may be kept in float32), or the forward output when the forward
-// ran memory-efficient.
+// Checks shared by the row-norm backward ops; `mean` is null where the backward does not read it. grad_out has the
+// forward output's dtype, which is the dtype the affine parameters relate to; `saved` is the forward input (or, for the
+// fused residual ops, the residual stream h, which may be kept in float32), or the forward output when the forward ran
+// memory-efficient.
 inline RowShape check_row_norm_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& saved,
-                                               at::IntArrayRef normalized_shape, const at::Tensor& rstd,
-                                               const std::optional<at::Tensor>& weight,
+                                               at::IntArrayRef normalized_shape, const at::Tensor* mean,
+                                               const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
                                                const std::optional<at::Tensor>& bias,
                                                const std::optional<at::Tensor>& grad_residual) {
   const RowShape shape = check_row_norm_inputs(op, grad_out, normalized_shape, weight, bias, 0.0);
@@ -98,6 +103,13 @@ inline RowShape check_row_norm_backward_inputs(const char* op, const at::Tensor&
   check_same_device(op, "rstd", rstd, grad_out);
   TORCH_CHECK_VALUE(rstd.numel() == shape.rows, op, ": rstd has ", rstd.numel(), " elements, expected one per row (",
                     shape.rows, ")");
+  const at::ScalarType acc = stat_dtype(grad_out.scalar_type());
+  TORCH_CHECK_TYPE(rstd.scalar_type() == acc, op, ": rstd must be ", acc, ", got ", rstd.scalar_type());
+  if (mean != nullptr) {
+    check_same_device(op, "mean", *mean, grad_out);
+    TORCH_CHECK_VALUE(mean->numel() == shape.rows && mean->scalar_type() == acc, op, ": mean must hold one ", acc,
+                      " value per row (", shape.rows, "), got ", mean->numel(), " of ", mean->scalar_type());
+  }
   if (grad_residual.has_value() && grad_residual->defined()) {
     check_same_device(op, "grad_residual", *grad_residual, grad_out);
     TORCH_CHECK_VALUE(grad_residual->sizes() == saved.sizes(), op, ": grad_residual has shape ", grad_residual->sizes(),
