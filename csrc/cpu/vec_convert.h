@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
 namespace {
@@ -51,6 +52,59 @@ const acc_t* as_acc(const src_t* src, acc_t* buf, int64_t n) {
   } else {
     widen(src, buf, n);
     return buf;
+  }
+}
+
+
+// kPairLanes elements, i.e. two acc_t vectors' worth, loaded from src_t and widened. Row loops step
+// by pairs so that a bf16/half load or store stays one 256-bit access and each loop carries two
+// independent accumulation chains; widening in registers avoids a round trip through a buffer.
+template <typename acc_t>
+constexpr int64_t kPairLanes = 2 * at::vec::Vectorized<acc_t>::size();
+
+template <typename acc_t, typename src_t>
+inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> load_pair(const src_t* p) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  if constexpr (std::is_same_v<src_t, acc_t>) {
+    return {Vec::loadu(p), Vec::loadu(p + Vec::size())};
+  } else if constexpr ((std::is_same_v<src_t, at::BFloat16> || std::is_same_v<src_t, at::Half>) &&
+                       std::is_same_v<acc_t, float>) {
+    const auto [lo, hi] = at::vec::convert_to_float<src_t>(at::vec::Vectorized<src_t>::loadu(p));
+    return {lo, hi};
+  } else {
+    acc_t tmp[kPairLanes<acc_t>];
+    for (int64_t i = 0; i < kPairLanes<acc_t>; ++i) tmp[i] = static_cast<acc_t>(p[i]);
+    return {Vec::loadu(tmp), Vec::loadu(tmp + Vec::size())};
+  }
+}
+
+template <typename dst_t, typename acc_t>
+inline void store_pair(dst_t* p, const at::vec::Vectorized<acc_t>& lo, const at::vec::Vectorized<acc_t>& hi) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  if constexpr (std::is_same_v<dst_t, acc_t>) {
+    lo.store(p);
+    hi.store(p + Vec::size());
+  } else if constexpr ((std::is_same_v<dst_t, at::BFloat16> || std::is_same_v<dst_t, at::Half>) &&
+                       std::is_same_v<acc_t, float>) {
+    at::vec::convert_from_float<dst_t>(lo, hi).store(p);
+  } else {
+    acc_t tmp[kPairLanes<acc_t>];
+    lo.store(tmp);
+    hi.store(tmp + Vec::size());
+    for (int64_t i = 0; i < kPairLanes<acc_t>; ++i) p[i] = static_cast<dst_t>(tmp[i]);
+  }
+}
+
+// The pair rounded to dst_t and widened back: what a reader of the stored dst_t values will see.
+template <typename dst_t, typename acc_t>
+inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> round_pair(
+    const at::vec::Vectorized<acc_t>& lo, const at::vec::Vectorized<acc_t>& hi) {
+  if constexpr (std::is_same_v<dst_t, acc_t>) {
+    return {lo, hi};
+  } else {
+    dst_t tmp[kPairLanes<acc_t>];
+    store_pair(tmp, lo, hi);
+    return load_pair<acc_t>(tmp);
   }
 }
 
