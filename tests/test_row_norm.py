@@ -283,3 +283,33 @@ def test_double_backward_raises(kind):
     (gx,) = torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
     with pytest.raises(RuntimeError, match="double backward through norm_ext is not supported"):
         gx.sum().backward()
+
+
+_STREAMED_CHILD = """
+import sys, torch
+sys.path.insert(0, {tests_dir!r})
+from test_row_norm import _check_forward_backward, _params
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16):
+    for cols in (4096, 4099):
+        rows = (40 << 20) // (cols * dtype.itemsize)
+        # A resident block the size of the outputs, freed so that the allocator hands it out again.
+        torch.ones(rows * cols + 4096, dtype=dtype).zero_()
+        x = torch.randn(rows, cols, dtype=dtype) * 2 + 0.5
+        w, b = _params((cols,), dtype, "cpu")
+        for kind in ("layer", "rms"):
+            _check_forward_backward(kind, x, (cols,), w, b, 1e-5, dtype)
+print("streamed ok")
+"""
+
+
+def test_streamed_outputs_match_reference():
+    # Outputs of 32 MiB and more are written with non-temporal stores, but only into memory that is
+    # already mapped in (see should_stream in csrc/cpu/vec_convert.h). torch's allocator maps large
+    # blocks afresh on every call, so the child process makes glibc keep freed blocks (no mmap, no
+    # trim) and the kernels then write 40 MiB outputs, rows aligned (4096) and not (4099), streamed.
+    env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+    code = _STREAMED_CHILD.format(tests_dir=os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "streamed ok" in result.stdout
