@@ -41,7 +41,7 @@ def test_end_to_end_every_op_and_provider(tmp_path, capsys):
     meta, rows = data["meta"], data["results"]
     for key in ("device_name", "torch_version", "norm_ext_commit", "date", "cpu_threads", "accounting"):
         assert meta[key] not in (None, ""), key
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert all(set(r) == set(COLUMNS) for r in rows)
     assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == len(rows)
     # Third-party libraries are CUDA-only or absent here: reported, never a crash.
@@ -53,7 +53,7 @@ def test_end_to_end_every_op_and_provider(tmp_path, capsys):
     assert {r["op"] for r in ok} == set(OPS)
     assert {r["pass"] for r in ok} == {"fwd", "bwd", "fwd+bwd"}
     for r in ok:
-        assert r["ms"] > 0 and r["gbps"] > 0 and r["copy_gbps"] > 0 and r["bytes"] > 0
+        assert r["ms"] > 0 and r["gbps"] > 0 and r["copy_gbps"] > 0 and r["copy_into_gbps"] > 0 and r["bytes"] > 0
         assert r["pct_copy"] == pytest.approx(100 * r["gbps"] / r["copy_gbps"])
         if r["provider"] == "torch":
             assert r["speedup_vs_torch"] == pytest.approx(1.0)

@@ -132,6 +132,12 @@ def main(argv: List[str] | None = None) -> int:
     print(f"\n{meta['device_name']}, {meta['cpu_threads']} CPU threads, torch {meta['torch_version']}, "
           f"norm_ext {meta['norm_ext_commit']}, {meta['date']}")  # fmt: skip
     print(f"accounting: {meta['accounting']}")
+    timed = [r for r in rows if r["copy_gbps"]]
+    if timed:
+        clone = [r["copy_gbps"] for r in timed]
+        into = [r["copy_into_gbps"] for r in timed]
+        print(f"copy: clone {min(clone):.3g}-{max(clone):.3g} GB/s, into an existing tensor "
+              f"{min(into):.3g}-{max(into):.3g} GB/s; the gap is what a fresh output costs every provider")  # fmt: skip
     print("wrote " + ", ".join(written))
     wrong = [r for r in rows if r["status"] == "WRONG"]
     if wrong:

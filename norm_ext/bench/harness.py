@@ -32,7 +32,9 @@ ACCOUNTING = (
     "bytes moved = algorithmic minimum, the same for every provider: fwd reads x (and the residual) and "
     "writes y (and h), plus parameters; bwd reads the saved activation and dy and writes dx, plus "
     "parameters read and their gradients written; fwd+bwd is the sum. copy GB/s = x.clone()-style copy "
-    "of the same number of bytes, measured in the same run."
+    "of the same number of bytes, measured in the same run, which allocates its output as every provider "
+    "does; copy_into GB/s = the same copy into an existing tensor. Their gap is the cost of a fresh "
+    "output (on a CPU: the page faults of a newly mapped block), which every provider pays."
 )
 
 
@@ -213,10 +215,12 @@ def check(case: C.Case, runner: _Runner, pass_name: str) -> Tuple[bool, float, s
     return not notes, worst, "; ".join(notes)
 
 
-def copy_fn(device: str, nbytes: int) -> Callable[[], object]:
-    """A clone that moves ``nbytes`` (reads half, writes half): the measured bandwidth limit."""
+def copy_fns(device: str, nbytes: int) -> List[Callable[[], object]]:
+    """Two copies that move ``nbytes`` (read half, write half): a clone, which allocates its output as
+    the providers do (the measured bandwidth limit), and a copy into an existing tensor."""
     src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=device).fill_(1)
-    return src.clone
+    dst = torch.empty_like(src)
+    return [src.clone, lambda: dst.copy_(src)]
 
 
 def _first_line(e: Exception) -> str:
@@ -241,6 +245,7 @@ def _row(case: C.Case, pass_name: str, provider: str, status: str, **fields) -> 
         "bytes": None,
         "gbps": None,
         "copy_gbps": None,
+        "copy_into_gbps": None,
         "pct_copy": None,
         "speedup_vs_torch": None,
         "max_err_over_tol": None,
@@ -335,7 +340,7 @@ def run(
             if not timed:
                 continue
             timings = time_calls(
-                [copy_fn(config.device, nbytes)] + [fn for _, fn, _ in timed],
+                copy_fns(config.device, nbytes) + [fn for _, fn, _ in timed],
                 config.device,
                 bytes_moved=nbytes,
                 min_time_s=config.min_time_s,
@@ -343,8 +348,8 @@ def run(
                 warmup=config.warmup,
                 use_graph=config.use_graph,
             )
-            copy = nbytes / (timings[0].median_ms * 1e6)
-            for (name, _, worst), t in zip(timed, timings[1:]):
+            copy, copy_into = (nbytes / (t.median_ms * 1e6) for t in timings[:2])
+            for (name, _, worst), t in zip(timed, timings[2:]):
                 gbps = nbytes / (t.median_ms * 1e6)
                 rows.append(
                     _row(
@@ -359,6 +364,7 @@ def run(
                         bytes=nbytes,
                         gbps=gbps,
                         copy_gbps=copy,
+                        copy_into_gbps=copy_into,
                         pct_copy=100.0 * gbps / copy,
                         max_err_over_tol=worst,
                     )

@@ -10,10 +10,11 @@ from typing import Dict, List, Sequence
 
 COLUMNS = (
     "op", "case", "variant", "shape", "hidden", "dtype", "pass", "provider", "status", "ms", "spread_ms", "reps",
-    "cuda_graph", "bytes", "gbps", "copy_gbps", "pct_copy", "speedup_vs_torch", "max_err_over_tol", "note",
+    "cuda_graph", "bytes", "gbps", "copy_gbps", "copy_into_gbps", "pct_copy", "speedup_vs_torch", "max_err_over_tol",
+    "note",
 )  # fmt: skip
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -87,14 +88,17 @@ def plot(meta: Dict[str, object], rows: Sequence[Dict[str, object]], out_dir: st
         fig, ax = plt.subplots(figsize=(7, 4.5))
         by_provider: Dict[str, list] = defaultdict(list)
         copy: Dict[int, float] = {}
+        copy_into: Dict[int, float] = {}
         for r in ok:
             by_provider[r["provider"]].append((r["hidden"], r["gbps"]))
             copy[r["hidden"]] = r["copy_gbps"]
+            copy_into[r["hidden"]] = r["copy_into_gbps"]
         for provider, points in by_provider.items():
             xs, ys = zip(*sorted(points))
             ax.plot(xs, ys, marker="o", label=provider)
         xs = sorted(copy)
         ax.plot(xs, [copy[x] for x in xs], "k--", label="copy (measured)")
+        ax.plot(xs, [copy_into[x] for x in xs], "k:", label="copy into existing tensor (measured)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(
             "normalized length"
