@@ -173,9 +173,10 @@ class _Runner:
         return {"fwd": self.forward_no_grad, "bwd": self.backward_stored, "fwd+bwd": self.forward_backward}[pass_name]
 
 
-# Largest case checked in full; float64 copies of bigger ones (x, y, dy, dx, temporaries) would not fit
-# in GPU memory. Row norms are checked on their first rows instead: same row length, same kernel.
-CHECK_MAX_ELEMENTS = 1 << 26
+# Largest case checked in full. GPU: float64 copies of bigger ones (x, y, dy, dx, temporaries) would not
+# fit in memory. CPU: checking a 64 MB case in float64 took half of a default run's time. Row norms are
+# checked on their first rows instead: same row length, same kernel.
+CHECK_MAX_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
 
 
 def _grad_out_for(case: C.Case) -> Tensor:
@@ -186,9 +187,10 @@ def _grad_out_for(case: C.Case) -> Tensor:
 def checkable_case(case: C.Case) -> Tuple[C.Case, Tensor]:
     """The case the correctness check runs on, and its grad_out: the case itself unless too large."""
     numel = C.activation_bytes(case) // case.dtype.itemsize
-    if numel <= CHECK_MAX_ELEMENTS or case.op not in C.ROW_NORMS:
+    limit = CHECK_MAX_ELEMENTS["cuda" if case.device == "cuda" else "cpu"]
+    if numel <= limit or case.op not in C.ROW_NORMS:
         return case, _grad_out_for(case)
-    rows = max(1, CHECK_MAX_ELEMENTS // case.shape[-1])
+    rows = max(1, limit // case.shape[-1])
     small = C.make_case(case.op, case.variant, (rows, case.shape[-1]), case.dtype, case.device)
     return small, _grad_out_for(small)
 
