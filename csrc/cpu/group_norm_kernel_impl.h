@@ -237,36 +237,57 @@ void normalize_row(const in_t* x, in_t* y, int64_t C, const acc_t* mu, const acc
     y[c] = static_cast<in_t>(activate<kSilu>((static_cast<acc_t>(x[c]) - mu[c]) * scale[c] + shift[c]));
 }
 
-// acc[c] += x[c] - shift[c] over a channels-last row.
-template <typename in_t, typename acc_t>
-void row_add_dev(const in_t* x, int64_t C, const acc_t* shift, acc_t* acc) {
-  constexpr int64_t kStep = kPairLanes<acc_t>;
-  int64_t c = 0;
-  for (; c + kStep <= C; c += kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(x + c);
-    const auto [h0, h1] = load_pair<acc_t>(shift + c);
-    const auto [a0, a1] = load_pair<acc_t>(acc + c);
-    store_pair(acc + c, a0 + (x0 - h0), a1 + (x1 - h1));
-  }
-  for (; c < C; ++c) acc[c] += static_cast<acc_t>(x[c]) - shift[c];
-}
+// Rows handled per sweep of the channels-last statistics: the per-channel accumulators are loaded
+// and stored once per kStatsRows rows instead of once per row, which made the loop store-bound.
+constexpr int64_t kStatsRows = 4;
 
-// acc[c] += ((x[c] - shift[c]) - mean[c])^2 over a channels-last row.
+// acc[c] += sum over `rows` (<= kStatsRows) consecutive channels-last rows of x[r][c] - shift[c];
+// each channel still adds its rows in order.
 template <typename in_t, typename acc_t>
-void row_add_sq_dev(const in_t* x, int64_t C, const acc_t* shift, const acc_t* mean, acc_t* acc) {
+void rows_add_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, acc_t* acc) {
   constexpr int64_t kStep = kPairLanes<acc_t>;
   int64_t c = 0;
   for (; c + kStep <= C; c += kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(x + c);
     const auto [h0, h1] = load_pair<acc_t>(shift + c);
-    const auto [m0, m1] = load_pair<acc_t>(mean + c);
-    const auto [a0, a1] = load_pair<acc_t>(acc + c);
-    const auto d0 = (x0 - h0) - m0, d1 = (x1 - h1) - m1;
-    store_pair(acc + c, at::vec::fmadd(d0, d0, a0), at::vec::fmadd(d1, d1, a1));
+    auto [a0, a1] = load_pair<acc_t>(acc + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto [x0, x1] = load_pair<acc_t>(x + r * C + c);
+      a0 += x0 - h0;
+      a1 += x1 - h1;
+    }
+    store_pair(acc + c, a0, a1);
   }
   for (; c < C; ++c) {
-    const acc_t d = (static_cast<acc_t>(x[c]) - shift[c]) - mean[c];
-    acc[c] += d * d;
+    acc_t a = acc[c];
+    for (int64_t r = 0; r < rows; ++r) a += static_cast<acc_t>(x[r * C + c]) - shift[c];
+    acc[c] = a;
+  }
+}
+
+// acc[c] += sum over `rows` (<= kStatsRows) rows of ((x[r][c] - shift[c]) - mean[c])^2.
+template <typename in_t, typename acc_t>
+void rows_add_sq_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, const acc_t* mean, acc_t* acc) {
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  int64_t c = 0;
+  for (; c + kStep <= C; c += kStep) {
+    const auto [h0, h1] = load_pair<acc_t>(shift + c);
+    const auto [m0, m1] = load_pair<acc_t>(mean + c);
+    auto [a0, a1] = load_pair<acc_t>(acc + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto [x0, x1] = load_pair<acc_t>(x + r * C + c);
+      const auto d0 = (x0 - h0) - m0, d1 = (x1 - h1) - m1;
+      a0 = at::vec::fmadd(d0, d0, a0);
+      a1 = at::vec::fmadd(d1, d1, a1);
+    }
+    store_pair(acc + c, a0, a1);
+  }
+  for (; c < C; ++c) {
+    acc_t a = acc[c];
+    for (int64_t r = 0; r < rows; ++r) {
+      const acc_t d = (static_cast<acc_t>(x[r * C + c]) - shift[c]) - mean[c];
+      a += d * d;
+    }
+    acc[c] = a;
   }
 }
 
@@ -318,11 +339,15 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
         const int64_t row_begin = chunk * rows_per;
         const int64_t row_end = std::min(sh.hw, row_begin + rows_per);
         const in_t* base = xp + n * sh.hw * sh.c;
-        for (int64_t c = 0; c < sh.c; ++c) channel_shift[c] = shifts[n * sh.groups + c / sh.channels_per_group];
+        for (int64_t g = 0; g < sh.groups; ++g) {
+          std::fill(channel_shift.begin() + g * sh.channels_per_group,
+                    channel_shift.begin() + (g + 1) * sh.channels_per_group, shifts[n * sh.groups + g]);
+        }
         const acc_t count = static_cast<acc_t>((row_end - row_begin) * sh.channels_per_group);
         std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
-        for (int64_t r = row_begin; r < row_end; ++r) {
-          row_add_dev(base + r * sh.c, sh.c, channel_shift.data(), channel_acc.data());
+        for (int64_t r = row_begin; r < row_end; r += kStatsRows) {
+          rows_add_dev(base + r * sh.c, std::min(kStatsRows, row_end - r), sh.c, channel_shift.data(),
+                       channel_acc.data());
         }
         for (int64_t g = 0; g < sh.groups; ++g) {
           const int64_t c0 = g * sh.channels_per_group;
@@ -331,8 +356,9 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
           std::fill(channel_mean.begin() + c0, channel_mean.begin() + c0 + sh.channels_per_group, sum / count);
         }
         std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
-        for (int64_t r = row_begin; r < row_end; ++r) {
-          row_add_sq_dev(base + r * sh.c, sh.c, channel_shift.data(), channel_mean.data(), channel_acc.data());
+        for (int64_t r = row_begin; r < row_end; r += kStatsRows) {
+          rows_add_sq_dev(base + r * sh.c, std::min(kStatsRows, row_end - r), sh.c, channel_shift.data(),
+                          channel_mean.data(), channel_acc.data());
         }
         for (int64_t g = 0; g < sh.groups; ++g) {
           const int64_t c0 = g * sh.channels_per_group;
