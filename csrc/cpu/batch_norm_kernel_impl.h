@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/welford.h"
@@ -39,66 +40,99 @@ acc_t reduce_lanes(const Vectorized<acc_t>& v) {
   return at::vec::vec_reduce_all<acc_t>([](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, v);
 }
 
+// The plane reductions below read the stored dtype directly and widen in registers (load_pair), so
+// reduced-precision planes cost no conversion pass through a buffer. Each keeps at least four
+// independent accumulation chains: with one, the loop waits on the add/FMA latency instead of
+// the loads.
+
 // sum(p)
-template <typename acc_t>
-acc_t plane_sum(const acc_t* p, int64_t n) {
+template <typename acc_t, typename src_t>
+acc_t plane_sum(const src_t* p, int64_t n) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
+  constexpr int64_t kStep = kPairLanes<acc_t>;
   acc_t total = 0;
   for (int64_t start = 0; start < n; start += kSumChunk) {
     const int64_t end = std::min(n, start + kSumChunk);
-    Vec acc(0);
+    Vec a0(0), a1(0), a2(0), a3(0);
     int64_t i = start;
-    for (; i + kLanes <= end; i += kLanes) acc += Vec::loadu(p + i);
-    acc_t s = reduce_lanes(acc);
-    for (; i < end; ++i) s += p[i];
+    for (; i + 2 * kStep <= end; i += 2 * kStep) {
+      const auto [x0, x1] = load_pair<acc_t>(p + i);
+      const auto [x2, x3] = load_pair<acc_t>(p + i + kStep);
+      a0 += x0;
+      a1 += x1;
+      a2 += x2;
+      a3 += x3;
+    }
+    for (; i + kStep <= end; i += kStep) {
+      const auto [x0, x1] = load_pair<acc_t>(p + i);
+      a0 += x0;
+      a1 += x1;
+    }
+    acc_t s = reduce_lanes<acc_t>((a0 + a1) + (a2 + a3));
+    for (; i < end; ++i) s += static_cast<acc_t>(p[i]);
     total += s;
   }
   return total;
 }
 
-// sum(w * (p - shift)): the backward's dy * (x - mean).
-template <typename acc_t>
-acc_t plane_dot_centred(const acc_t* w, const acc_t* p, int64_t n, acc_t shift) {
+// (sum(w), sum(w * (p - shift))): the backward's sum(dy) and sum(dy * (x - mean)) in one pass.
+template <typename acc_t, typename src_t>
+std::pair<acc_t, acc_t> plane_sum_and_dot_centred(const src_t* w, const src_t* p, int64_t n, acc_t shift) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
+  constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec vshift(shift);
-  acc_t total = 0;
+  acc_t total_w = 0, total_dot = 0;
   for (int64_t start = 0; start < n; start += kSumChunk) {
     const int64_t end = std::min(n, start + kSumChunk);
-    Vec acc(0);
+    Vec w0(0), w1(0), d0(0), d1(0);
     int64_t i = start;
-    for (; i + kLanes <= end; i += kLanes) acc = at::vec::fmadd(Vec::loadu(w + i), Vec::loadu(p + i) - vshift, acc);
-    acc_t s = reduce_lanes(acc);
-    for (; i < end; ++i) s += w[i] * (p[i] - shift);
-    total += s;
+    for (; i + kStep <= end; i += kStep) {
+      const auto [g0, g1] = load_pair<acc_t>(w + i);
+      const auto [x0, x1] = load_pair<acc_t>(p + i);
+      w0 += g0;
+      w1 += g1;
+      d0 = at::vec::fmadd(g0, x0 - vshift, d0);
+      d1 = at::vec::fmadd(g1, x1 - vshift, d1);
+    }
+    acc_t sw = reduce_lanes<acc_t>(w0 + w1), sd = reduce_lanes<acc_t>(d0 + d1);
+    for (; i < end; ++i) {
+      const acc_t g = static_cast<acc_t>(w[i]);
+      sw += g;
+      sd += g * (static_cast<acc_t>(p[i]) - shift);
+    }
+    total_w += sw;
+    total_dot += sd;
   }
-  return total;
+  return {total_w, total_dot};
 }
 
 // (count, mean - shift, m2) of a contiguous run by the corrected two-pass algorithm: with
 // d = p - mean0 for the first-pass mean0, m2 = sum(d^2) - sum(d)^2 / n removes the error that
 // rounding mean0 (an ulp of 1e4 is 1e-3 in fp32) would otherwise add to a variance of 1e-4.
-template <typename acc_t>
-WelfordState<acc_t> plane_moments(const acc_t* p, int64_t n, acc_t shift) {
+// A plane is a few KiB, so the second pass reads it from L1/L2.
+template <typename acc_t, typename src_t>
+WelfordState<acc_t> plane_moments(const src_t* p, int64_t n, acc_t shift) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
+  constexpr int64_t kStep = kPairLanes<acc_t>;
   const acc_t count = static_cast<acc_t>(n);
-  const acc_t mean0 = plane_sum(p, n) / count;
-  const Vec vshift(mean0);
+  const acc_t mean0 = plane_sum<acc_t>(p, n) / count;
+  const Vec vmean0(mean0);
   acc_t s1 = 0, s2 = 0;
   for (int64_t start = 0; start < n; start += kSumChunk) {
     const int64_t end = std::min(n, start + kSumChunk);
-    Vec acc1(0), acc2(0);
+    Vec a0(0), a1(0), q0(0), q1(0);
     int64_t i = start;
-    for (; i + kLanes <= end; i += kLanes) {
-      const Vec d = Vec::loadu(p + i) - vshift;
-      acc1 += d;
-      acc2 = at::vec::fmadd(d, d, acc2);
+    for (; i + kStep <= end; i += kStep) {
+      const auto [x0, x1] = load_pair<acc_t>(p + i);
+      const Vec d0 = x0 - vmean0, d1 = x1 - vmean0;
+      a0 += d0;
+      a1 += d1;
+      q0 = at::vec::fmadd(d0, d0, q0);
+      q1 = at::vec::fmadd(d1, d1, q1);
     }
-    acc_t c1 = reduce_lanes(acc1), c2 = reduce_lanes(acc2);
+    acc_t c1 = reduce_lanes<acc_t>(a0 + a1), c2 = reduce_lanes<acc_t>(q0 + q1);
     for (; i < end; ++i) {
-      const acc_t d = p[i] - mean0;
+      const acc_t d = static_cast<acc_t>(p[i]) - mean0;
       c1 += d;
       c2 += d * d;
     }
@@ -121,6 +155,10 @@ int64_t row_blocks(int64_t rows, int64_t c) {
   return std::max<int64_t>(1, std::min<int64_t>({rows, by_size, static_cast<int64_t>(at::get_num_threads())}));
 }
 
+// The parallel_for bodies below first copy what they use into local constants: values captured by
+// reference are otherwise reloaded on every iteration, since the compiler cannot prove that the
+// kernel's stores do not alias them.
+
 // ----- statistics ----------------------------------------------------------------------------------
 
 // Statistics are accumulated relative to shift[c] (see bn_channel_shift) and shifted back at the end.
@@ -131,15 +169,17 @@ void stats_channels_first(const in_t* x, const BatchNormShape& v, const at::opma
   const int64_t nb = n_blocks_per_channel(v.outer, v.channels);
   std::vector<WelfordState<acc_t>> partial(v.channels * nb);
   at::parallel_for(0, v.channels * nb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(std::is_same_v<in_t, acc_t> ? 0 : v.inner);
+    const in_t* const xp = x;
+    const acc_t* const sh = shift;
+    WelfordState<acc_t>* const part = partial.data();
+    const int64_t outer = v.outer, C = v.channels, inner = v.inner, blocks = nb;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t c = task / nb, b = task % nb;
+      const int64_t c = task / blocks, b = task % blocks;
       WelfordState<acc_t> s = welford_init<acc_t>();
-      for (int64_t n = v.outer * b / nb; n < v.outer * (b + 1) / nb; ++n) {
-        const acc_t* p = as_acc(x + (n * v.channels + c) * v.inner, buf.data(), v.inner);
-        s = welford_merge(s, plane_moments(p, v.inner, shift[c]));
+      for (int64_t n = outer * b / blocks; n < outer * (b + 1) / blocks; ++n) {
+        s = welford_merge(s, plane_moments<acc_t>(xp + (n * C + c) * inner, inner, sh[c]));
       }
-      partial[task] = s;
+      part[task] = s;
     }
   });
   for (int64_t c = 0; c < v.channels; ++c) {
@@ -158,38 +198,48 @@ void stats_channels_last(const in_t* x, const bool* pad, const BatchNormShape& v
                          at::opmath_type<in_t>* mean_out, at::opmath_type<in_t>* m2_out) {
   using acc_t = at::opmath_type<in_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
+  constexpr int64_t kStep = kPairLanes<acc_t>;
   const int64_t rows = v.outer, C = v.channels;
   const int64_t nb = row_blocks(rows, C);
   std::vector<acc_t> block_mean(nb * C, acc_t(0)), block_m2(nb * C, acc_t(0));
   std::vector<int64_t> block_count(nb, 0);
   at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(std::is_same_v<in_t, acc_t> ? 0 : C), s1(C), s2(C), run1(C), run2(C);
+    const in_t* const xp = x;
+    const bool* const pd = pad;
+    const acc_t* const sh = shift;
+    const int64_t nrows = rows, nc = C, blocks = nb;
+    std::vector<acc_t> s1(nc), s2(nc), run1_v(nc), run2_v(nc);
+    acc_t* const run1 = run1_v.data();
+    acc_t* const run2 = run2_v.data();
     for (int64_t b = begin; b < end; ++b) {
       std::fill(s1.begin(), s1.end(), acc_t(0));
       std::fill(s2.begin(), s2.end(), acc_t(0));
-      std::fill(run1.begin(), run1.end(), acc_t(0));
-      std::fill(run2.begin(), run2.end(), acc_t(0));
+      std::fill(run1, run1 + nc, acc_t(0));
+      std::fill(run2, run2 + nc, acc_t(0));
       const auto flush = [&] {
-        for (int64_t c = 0; c < C; ++c) {
+        for (int64_t c = 0; c < nc; ++c) {
           s1[c] += run1[c];
           s2[c] += run2[c];
         }
-        std::fill(run1.begin(), run1.end(), acc_t(0));
-        std::fill(run2.begin(), run2.end(), acc_t(0));
+        std::fill(run1, run1 + nc, acc_t(0));
+        std::fill(run2, run2 + nc, acc_t(0));
       };
       int64_t count = 0;
-      for (int64_t r = rows * b / nb; r < rows * (b + 1) / nb; ++r) {
-        if (pad != nullptr && pad[r]) continue;
-        const acc_t* p = as_acc(x + r * C, buf.data(), C);
+      for (int64_t r = nrows * b / blocks; r < nrows * (b + 1) / blocks; ++r) {
+        if (pd != nullptr && pd[r]) continue;
+        const in_t* p = xp + r * nc;
         int64_t c = 0;
-        for (; c + kLanes <= C; c += kLanes) {
-          const Vec d = Vec::loadu(p + c) - Vec::loadu(shift + c);
-          (Vec::loadu(run1.data() + c) + d).store(run1.data() + c);
-          at::vec::fmadd(d, d, Vec::loadu(run2.data() + c)).store(run2.data() + c);
+        for (; c + kStep <= nc; c += kStep) {
+          const auto [x0, x1] = load_pair<acc_t>(p + c);
+          const auto [h0, h1] = load_pair<acc_t>(sh + c);
+          const auto [r0, r1] = load_pair<acc_t>(run1 + c);
+          const auto [q0, q1] = load_pair<acc_t>(run2 + c);
+          const Vec d0 = x0 - h0, d1 = x1 - h1;
+          store_pair(run1 + c, r0 + d0, r1 + d1);
+          store_pair(run2 + c, at::vec::fmadd(d0, d0, q0), at::vec::fmadd(d1, d1, q1));
         }
-        for (; c < C; ++c) {
-          const acc_t d = p[c] - shift[c];
+        for (; c < nc; ++c) {
+          const acc_t d = static_cast<acc_t>(p[c]) - sh[c];
           run1[c] += d;
           run2[c] += d * d;
         }
@@ -199,9 +249,9 @@ void stats_channels_last(const in_t* x, const bool* pad, const BatchNormShape& v
       block_count[b] = count;
       if (count == 0) continue;
       const acc_t n = static_cast<acc_t>(count);
-      for (int64_t c = 0; c < C; ++c) {
-        block_mean[b * C + c] = s1[c] / n;
-        block_m2[b * C + c] = std::max(acc_t(0), s2[c] - s1[c] * s1[c] / n);
+      for (int64_t c = 0; c < nc; ++c) {
+        block_mean[b * nc + c] = s1[c] / n;
+        block_m2[b * nc + c] = std::max(acc_t(0), s2[c] - s1[c] * s1[c] / n);
       }
     }
   });
@@ -226,20 +276,23 @@ void backward_reduce_channels_first(const in_t* dy, const in_t* x, const BatchNo
   const int64_t nb = n_blocks_per_channel(v.outer, v.channels);
   std::vector<acc_t> part_dy(v.channels * nb), part_dy_xmu(v.channels * nb);
   at::parallel_for(0, v.channels * nb, 1, [&](int64_t begin, int64_t end) {
-    const int64_t buf_len = std::is_same_v<in_t, acc_t> ? 0 : v.inner;
-    std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len);
+    const in_t* const gp = dy;
+    const in_t* const xp = x;
+    const acc_t* const mu = mean;
+    acc_t* const out_dy = part_dy.data();
+    acc_t* const out_dy_xmu = part_dy_xmu.data();
+    const int64_t outer = v.outer, C = v.channels, inner = v.inner, blocks = nb;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t c = task / nb, b = task % nb;
+      const int64_t c = task / blocks, b = task % blocks;
       acc_t s_dy = 0, s_dy_xmu = 0;
-      for (int64_t n = v.outer * b / nb; n < v.outer * (b + 1) / nb; ++n) {
-        const int64_t off = (n * v.channels + c) * v.inner;
-        const acc_t* g = as_acc(dy + off, dy_buf.data(), v.inner);
-        const acc_t* p = as_acc(x + off, x_buf.data(), v.inner);
-        s_dy += plane_sum(g, v.inner);
-        s_dy_xmu += plane_dot_centred(g, p, v.inner, mean[c]);
+      for (int64_t n = outer * b / blocks; n < outer * (b + 1) / blocks; ++n) {
+        const int64_t off = (n * C + c) * inner;
+        const auto [plane_dy, plane_dy_xmu] = plane_sum_and_dot_centred<acc_t>(gp + off, xp + off, inner, mu[c]);
+        s_dy += plane_dy;
+        s_dy_xmu += plane_dy_xmu;
       }
-      part_dy[task] = s_dy;
-      part_dy_xmu[task] = s_dy_xmu;
+      out_dy[task] = s_dy;
+      out_dy_xmu[task] = s_dy_xmu;
     }
   });
   for (int64_t c = 0; c < v.channels; ++c) {
@@ -259,41 +312,51 @@ void backward_reduce_channels_last(const in_t* dy, const in_t* x, const bool* pa
                                    at::opmath_type<in_t>* sum_dy_xmu_out) {
   using acc_t = at::opmath_type<in_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
+  constexpr int64_t kStep = kPairLanes<acc_t>;
   const int64_t rows = v.outer, C = v.channels;
   const int64_t nb = row_blocks(rows, C);
   std::vector<acc_t> block_dy(nb * C, acc_t(0)), block_dy_xmu(nb * C, acc_t(0));
   at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
-    const int64_t buf_len = std::is_same_v<in_t, acc_t> ? 0 : C;
-    std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len), run_dy(C), run_dy_xmu(C);
+    const in_t* const gp = dy;
+    const in_t* const xp = x;
+    const bool* const pd = pad;
+    const acc_t* const mu = mean;
+    const int64_t nrows = rows, nc = C, blocks = nb;
+    std::vector<acc_t> run_dy_v(nc), run_dy_xmu_v(nc);
+    acc_t* const run_dy = run_dy_v.data();
+    acc_t* const run_dy_xmu = run_dy_xmu_v.data();
     for (int64_t b = begin; b < end; ++b) {
-      acc_t* tot_dy = block_dy.data() + b * C;
-      acc_t* tot_dy_xmu = block_dy_xmu.data() + b * C;
+      acc_t* tot_dy = block_dy.data() + b * nc;
+      acc_t* tot_dy_xmu = block_dy_xmu.data() + b * nc;
       const auto flush = [&] {
-        for (int64_t c = 0; c < C; ++c) {
+        for (int64_t c = 0; c < nc; ++c) {
           tot_dy[c] += run_dy[c];
           tot_dy_xmu[c] += run_dy_xmu[c];
         }
-        std::fill(run_dy.begin(), run_dy.end(), acc_t(0));
-        std::fill(run_dy_xmu.begin(), run_dy_xmu.end(), acc_t(0));
+        std::fill(run_dy, run_dy + nc, acc_t(0));
+        std::fill(run_dy_xmu, run_dy_xmu + nc, acc_t(0));
       };
-      std::fill(run_dy.begin(), run_dy.end(), acc_t(0));
-      std::fill(run_dy_xmu.begin(), run_dy_xmu.end(), acc_t(0));
+      std::fill(run_dy, run_dy + nc, acc_t(0));
+      std::fill(run_dy_xmu, run_dy_xmu + nc, acc_t(0));
       int64_t since_flush = 0;
-      for (int64_t r = rows * b / nb; r < rows * (b + 1) / nb; ++r) {
-        if (pad != nullptr && pad[r]) continue;
-        const acc_t* g = as_acc(dy + r * C, dy_buf.data(), C);
-        const acc_t* p = as_acc(x + r * C, x_buf.data(), C);
+      for (int64_t r = nrows * b / blocks; r < nrows * (b + 1) / blocks; ++r) {
+        if (pd != nullptr && pd[r]) continue;
+        const in_t* g = gp + r * nc;
+        const in_t* p = xp + r * nc;
         int64_t c = 0;
-        for (; c + kLanes <= C; c += kLanes) {
-          const Vec gv = Vec::loadu(g + c);
-          (Vec::loadu(run_dy.data() + c) + gv).store(run_dy.data() + c);
-          at::vec::fmadd(gv, Vec::loadu(p + c) - Vec::loadu(mean + c), Vec::loadu(run_dy_xmu.data() + c))
-              .store(run_dy_xmu.data() + c);
+        for (; c + kStep <= nc; c += kStep) {
+          const auto [g0, g1] = load_pair<acc_t>(g + c);
+          const auto [x0, x1] = load_pair<acc_t>(p + c);
+          const auto [m0, m1] = load_pair<acc_t>(mu + c);
+          const auto [a0, a1] = load_pair<acc_t>(run_dy + c);
+          const auto [q0, q1] = load_pair<acc_t>(run_dy_xmu + c);
+          store_pair(run_dy + c, a0 + g0, a1 + g1);
+          store_pair(run_dy_xmu + c, at::vec::fmadd(g0, x0 - m0, q0), at::vec::fmadd(g1, x1 - m1, q1));
         }
-        for (; c < C; ++c) {
-          run_dy[c] += g[c];
-          run_dy_xmu[c] += g[c] * (p[c] - mean[c]);
+        for (; c < nc; ++c) {
+          const acc_t gc = static_cast<acc_t>(g[c]);
+          run_dy[c] += gc;
+          run_dy_xmu[c] += gc * (static_cast<acc_t>(p[c]) - mu[c]);
         }
         if (++since_flush == kRowFlush) {
           flush();
@@ -324,66 +387,97 @@ struct AffineCoefs {
   const acc_t* dy_scale;  // null in the forward
 };
 
-template <typename in_t>
+// One channels-first plane, read and written in the stored dtype (converted in registers); the
+// forward and the backward (kWithDy) are separate loops rather than a test per vector.
+template <bool kWithDy, typename in_t, typename acc_t>
+void affine_plane(const in_t* x, const in_t* dy, in_t* out, int64_t n, acc_t m, acc_t s, acc_t t, acc_t a) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  const Vec vm(m), vs(s), vt(t), va(a);
+  int64_t i = 0;
+  for (; i + kStep <= n; i += kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(x + i);
+    Vec r0 = at::vec::fmadd(x0 - vm, vs, vt), r1 = at::vec::fmadd(x1 - vm, vs, vt);
+    if constexpr (kWithDy) {
+      const auto [g0, g1] = load_pair<acc_t>(dy + i);
+      r0 = at::vec::fmadd(va, g0, r0);
+      r1 = at::vec::fmadd(va, g1, r1);
+    }
+    store_pair(out + i, r0, r1);
+  }
+  for (; i < n; ++i) {
+    acc_t r = (static_cast<acc_t>(x[i]) - m) * s + t;
+    if constexpr (kWithDy) r += a * static_cast<acc_t>(dy[i]);
+    out[i] = static_cast<in_t>(r);
+  }
+}
+
+template <bool kWithDy, typename in_t>
 void affine_channels_first(const in_t* x, const in_t* dy, in_t* out, const BatchNormShape& v,
                            const AffineCoefs<at::opmath_type<in_t>>& k) {
   using acc_t = at::opmath_type<in_t>;
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  constexpr bool kConvert = !std::is_same_v<in_t, acc_t>;
-  const int64_t planes = v.outer * v.channels, inner = v.inner;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(inner, 1));
+  const int64_t planes = v.outer * v.channels;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(v.inner, 1));
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> x_buf(kConvert ? inner : 0), dy_buf(kConvert && dy ? inner : 0), o_buf(kConvert ? inner : 0);
+    const in_t* const xp = x;
+    const in_t* const gp = dy;
+    in_t* const op = out;
+    const AffineCoefs<acc_t> coefs = k;
+    const int64_t C = v.channels, inner = v.inner;
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t c = plane % v.channels, off = plane * inner;
-      const acc_t* p = as_acc(x + off, x_buf.data(), inner);
-      const acc_t* g = dy != nullptr ? as_acc(dy + off, dy_buf.data(), inner) : nullptr;
-      acc_t* o = kConvert ? o_buf.data() : reinterpret_cast<acc_t*>(out + off);
-      const acc_t m = k.mean[c], s = k.scale[c], t = k.shift[c], a = g ? k.dy_scale[c] : acc_t(0);
-      const Vec vm(m), vs(s), vt(t), va(a);
-      int64_t i = 0;
-      for (; i + kLanes <= inner; i += kLanes) {
-        Vec r = at::vec::fmadd(Vec::loadu(p + i) - vm, vs, vt);
-        if (g != nullptr) r = at::vec::fmadd(va, Vec::loadu(g + i), r);
-        r.store(o + i);
-      }
-      for (; i < inner; ++i) o[i] = (p[i] - m) * s + t + (g != nullptr ? a * g[i] : acc_t(0));
-      if constexpr (kConvert) at::vec::convert(o, out + off, inner);
+      const int64_t c = plane % C, off = plane * inner;
+      affine_plane<kWithDy>(xp + off, kWithDy ? gp + off : nullptr, op + off, inner, coefs.mean[c], coefs.scale[c],
+                            coefs.shift[c], kWithDy ? coefs.dy_scale[c] : acc_t(0));
     }
   });
 }
 
-template <typename in_t>
+template <bool kWithDy, typename in_t>
 void affine_channels_last(const in_t* x, const in_t* dy, const bool* pad, in_t* out, const BatchNormShape& v,
                           const AffineCoefs<at::opmath_type<in_t>>& k) {
   using acc_t = at::opmath_type<in_t>;
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  constexpr bool kConvert = !std::is_same_v<in_t, acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
   const int64_t rows = v.outer, C = v.channels;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> x_buf(kConvert ? C : 0), dy_buf(kConvert && dy ? C : 0), o_buf(kConvert ? C : 0);
+    const in_t* const xp = x;
+    const in_t* const gp = dy;
+    const bool* const pd = pad;
+    in_t* const op = out;
+    const acc_t* const mean = k.mean;
+    const acc_t* const scale = k.scale;
+    const acc_t* const shift = k.shift;
+    const acc_t* const dy_scale = k.dy_scale;
+    const int64_t nc = C;
     for (int64_t r = begin; r < end; ++r) {
-      if (pad != nullptr && pad[r]) {
-        std::fill(out + r * C, out + (r + 1) * C, in_t(0));
+      in_t* o = op + r * nc;
+      if (pd != nullptr && pd[r]) {
+        std::fill(o, o + nc, in_t(0));
         continue;
       }
-      const acc_t* p = as_acc(x + r * C, x_buf.data(), C);
-      const acc_t* g = dy != nullptr ? as_acc(dy + r * C, dy_buf.data(), C) : nullptr;
-      acc_t* o = kConvert ? o_buf.data() : reinterpret_cast<acc_t*>(out + r * C);
+      const in_t* p = xp + r * nc;
+      const in_t* g = kWithDy ? gp + r * nc : nullptr;
       int64_t c = 0;
-      for (; c + kLanes <= C; c += kLanes) {
-        Vec res = at::vec::fmadd(Vec::loadu(p + c) - Vec::loadu(k.mean + c), Vec::loadu(k.scale + c),
-                                 Vec::loadu(k.shift + c));
-        if (g != nullptr) res = at::vec::fmadd(Vec::loadu(k.dy_scale + c), Vec::loadu(g + c), res);
-        res.store(o + c);
+      for (; c + kStep <= nc; c += kStep) {
+        const auto [x0, x1] = load_pair<acc_t>(p + c);
+        const auto [m0, m1] = load_pair<acc_t>(mean + c);
+        const auto [s0, s1] = load_pair<acc_t>(scale + c);
+        const auto [t0, t1] = load_pair<acc_t>(shift + c);
+        Vec r0 = at::vec::fmadd(x0 - m0, s0, t0), r1 = at::vec::fmadd(x1 - m1, s1, t1);
+        if constexpr (kWithDy) {
+          const auto [g0, g1] = load_pair<acc_t>(g + c);
+          const auto [a0, a1] = load_pair<acc_t>(dy_scale + c);
+          r0 = at::vec::fmadd(a0, g0, r0);
+          r1 = at::vec::fmadd(a1, g1, r1);
+        }
+        store_pair(o + c, r0, r1);
       }
-      for (; c < C; ++c) {
-        o[c] = (p[c] - k.mean[c]) * k.scale[c] + k.shift[c] + (g != nullptr ? k.dy_scale[c] * g[c] : acc_t(0));
+      for (; c < nc; ++c) {
+        acc_t res = (static_cast<acc_t>(p[c]) - mean[c]) * scale[c] + shift[c];
+        if constexpr (kWithDy) res += dy_scale[c] * static_cast<acc_t>(g[c]);
+        o[c] = static_cast<in_t>(res);
       }
-      if constexpr (kConvert) at::vec::convert(o, out + r * C, C);
     }
   });
 }
@@ -430,9 +524,11 @@ void batch_norm_affine(const BatchNormAffineArgs& a) {
     const auto* dy = static_cast<const scalar_t*>(a.dy);
     auto* out = static_cast<scalar_t*>(a.out);
     if (a.shape.channels_last) {
-      affine_channels_last<scalar_t>(x, dy, a.pad, out, a.shape, k);
+      dy != nullptr ? affine_channels_last<true, scalar_t>(x, dy, a.pad, out, a.shape, k)
+                    : affine_channels_last<false, scalar_t>(x, dy, a.pad, out, a.shape, k);
     } else {
-      affine_channels_first<scalar_t>(x, dy, out, a.shape, k);
+      dy != nullptr ? affine_channels_first<true, scalar_t>(x, dy, out, a.shape, k)
+                    : affine_channels_first<false, scalar_t>(x, dy, out, a.shape, k);
     }
   });
 }

@@ -3,20 +3,28 @@
 // group_norm_kernel_{default,avx2}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Contiguous (NCHW) input whose groups fit in L2 (kFusedGroupElements) is processed one (n, g) group
-// per work item: the forward (statistics, then output) or the backward (dz and xhat with the SiLU's
-// exp evaluated once, per-channel sums, group means, grad_input) runs on the group while it is in
-// L2 (converted once into acc_t buffers where needed), so DRAM sees x (and dy) once. Channels-last
-// input keeps the two-pass backward, which evaluates the SiLU's exp in both passes.
+// per work item: the forward (statistics, then output) or the backward (per-channel sums of dz and
+// dz * xhat, group means, grad_input) runs on the group while it is in L2, so DRAM sees x (and dy)
+// once. With the fused SiLU the backward caches dz, so its exp is evaluated once per element.
+// Channels-last input keeps the two-pass backward, which evaluates the SiLU's exp in both passes.
 //
 // Otherwise the structure mirrors the CUDA kernels: the forward is one statistics pass and one
 // output pass, the backward one reduction pass (per-(n, c) sums) and one pass computing grad_input.
-// Statistics are computed per chunk of a group by two passes over the chunk in acc_t (the chunk is
-// small enough to stay in L1/L2), and the chunks' (count, mean, m2) are merged with Chan's formula
-// in chunk order. Values enter the sums relative to their group's first element, so fp32 sums of
-// an input with |mean| >> std do not lose the variance to rounding. Work items own disjoint
-// outputs or partials, and partials are always merged in a fixed order, so every result is
-// independent of the thread count and scheduling. The output pass computes
-// (x - mean) * (rstd * w) + b, never x * a + (b - mean * a), which cancels when |mean| >> std.
+// Statistics are computed per chunk of a group by two passes over the chunk (the chunk is small
+// enough to stay in L1/L2), and the chunks' (count, mean, m2) are merged with Chan's formula in
+// chunk order. Values enter the sums relative to their group's first element, so fp32 sums of an
+// input with |mean| >> std do not lose the variance to rounding. Work items own disjoint outputs or
+// partials, and partials are always merged in a fixed order, so every result is independent of the
+// thread count and scheduling. The output pass computes (x - mean) * (rstd * w) + b, never
+// x * a + (b - mean * a), which cancels when |mean| >> std.
+//
+// Every loop reads and writes the stored dtype directly, widening to acc_t and narrowing back in
+// registers (load_pair / store_pair), so reduced-precision data costs no conversion pass through a
+// buffer. Reductions keep four independent accumulation chains, so they wait on loads rather than
+// on the add/FMA latency. The fused SiLU and absent weight/bias are resolved outside the loops
+// (template flags, and parameters materialized per channel) instead of being tested per vector.
+// parallel_for bodies copy what they use into local constants: values captured by reference are
+// otherwise reloaded on every iteration, since the compiler cannot prove the stores do not alias them.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -39,106 +47,89 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Largest group (D * HW elements) processed whole by one work item on contiguous input: the
-// backward's two acc_t copies of it (512 KiB in fp32) stay in L2.
+// Largest group (D * HW elements) processed whole by one work item on contiguous input: x and dy
+// (and, with the SiLU, the acc_t dz cache) stay in L2 between the two passes over the group.
 constexpr int64_t kFusedGroupElements = 1 << 16;
 // Elements of one group handled by one statistics work item, and the sub-chunk over which the two
-// in-cache passes run.
+// in-cache passes run (and after which partial sums are closed).
 constexpr int64_t kStatsChunk = 1 << 14;
 constexpr int64_t kInnerChunk = 1024;
 // Elements per parallel work item in the elementwise passes.
 constexpr int64_t kGrainElements = 1 << 15;
 
 template <typename acc_t>
-acc_t span_sum(const acc_t* p, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  Vec acc0(0), acc1(0);
-  int64_t i = 0;
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    acc0 += Vec::loadu(p + i);
-    acc1 += Vec::loadu(p + i + kLanes);
-  }
-  for (; i + kLanes <= n; i += kLanes) acc0 += Vec::loadu(p + i);
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc0 + acc1);
-  for (; i < n; ++i) s += p[i];
-  return s;
+acc_t reduce_lanes(const Vectorized<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>([](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, v);
 }
 
-template <typename acc_t>
-acc_t span_sum_dev(const acc_t* p, int64_t n, acc_t origin) {
+// sum(p - origin)
+template <typename acc_t, typename in_t>
+acc_t span_sum_dev(const in_t* p, int64_t n, acc_t origin) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  const Vec vorigin(origin);
-  Vec acc0(0), acc1(0);
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  const Vec vo(origin);
+  Vec a0(0), a1(0), a2(0), a3(0);
   int64_t i = 0;
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    acc0 += Vec::loadu(p + i) - vorigin;
-    acc1 += Vec::loadu(p + i + kLanes) - vorigin;
+  for (; i + 2 * kStep <= n; i += 2 * kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(p + i);
+    const auto [x2, x3] = load_pair<acc_t>(p + i + kStep);
+    a0 += x0 - vo;
+    a1 += x1 - vo;
+    a2 += x2 - vo;
+    a3 += x3 - vo;
   }
-  for (; i + kLanes <= n; i += kLanes) acc0 += Vec::loadu(p + i) - vorigin;
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc0 + acc1);
-  for (; i < n; ++i) s += p[i] - origin;
+  for (; i + kStep <= n; i += kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(p + i);
+    a0 += x0 - vo;
+    a1 += x1 - vo;
+  }
+  acc_t s = reduce_lanes<acc_t>((a0 + a1) + (a2 + a3));
+  for (; i < n; ++i) s += static_cast<acc_t>(p[i]) - origin;
   return s;
 }
 
 // sum(((p - origin) - mean)^2): the deviations from `origin` (a value of the group) are exact, so
 // an offset |origin| >> std does not reach the squares.
-template <typename acc_t>
-acc_t span_sum_sq_dev(const acc_t* p, int64_t n, acc_t origin, acc_t mean) {
+template <typename acc_t, typename in_t>
+acc_t span_sum_sq_dev(const in_t* p, int64_t n, acc_t origin, acc_t mean) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  const Vec vorigin(origin), vmean(mean);
-  Vec acc(0);
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  const Vec vo(origin), vm(mean);
+  Vec a0(0), a1(0), a2(0), a3(0);
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const Vec d = (Vec::loadu(p + i) - vorigin) - vmean;
-    acc = at::vec::fmadd(d, d, acc);
+  for (; i + 2 * kStep <= n; i += 2 * kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(p + i);
+    const auto [x2, x3] = load_pair<acc_t>(p + i + kStep);
+    const Vec d0 = (x0 - vo) - vm, d1 = (x1 - vo) - vm, d2 = (x2 - vo) - vm, d3 = (x3 - vo) - vm;
+    a0 = at::vec::fmadd(d0, d0, a0);
+    a1 = at::vec::fmadd(d1, d1, a1);
+    a2 = at::vec::fmadd(d2, d2, a2);
+    a3 = at::vec::fmadd(d3, d3, a3);
   }
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; i < n; ++i) s += ((p[i] - origin) - mean) * ((p[i] - origin) - mean);
+  for (; i + kStep <= n; i += kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(p + i);
+    const Vec d0 = (x0 - vo) - vm, d1 = (x1 - vo) - vm;
+    a0 = at::vec::fmadd(d0, d0, a0);
+    a1 = at::vec::fmadd(d1, d1, a1);
+  }
+  acc_t s = reduce_lanes<acc_t>((a0 + a1) + (a2 + a3));
+  for (; i < n; ++i) {
+    const acc_t d = (static_cast<acc_t>(p[i]) - origin) - mean;
+    s += d * d;
+  }
   return s;
 }
 
-// The acc_t view of n input elements: the input itself when it already is acc_t, else a converted
-// copy in buf.
+// (count, mean, m2) of a contiguous span, relative to `shift`: two passes per kInnerChunk (the
+// second from L1), chunks merged in order.
 template <typename in_t, typename acc_t>
-const acc_t* acc_view(const in_t* p, acc_t* buf, int64_t n) {
-  if constexpr (std::is_same_v<in_t, acc_t>) {
-    return p;
-  } else {
-    widen(p, buf, n);
-    return buf;
-  }
-}
-
-// Where a pass writes acc_t results bound for `out`: out itself when it is acc_t, else buf, which
-// finish_output then converts into out.
-template <typename out_t, typename acc_t>
-acc_t* acc_target(out_t* out, acc_t* buf) {
-  if constexpr (std::is_same_v<out_t, acc_t>) {
-    return out;
-  } else {
-    return buf;
-  }
-}
-
-template <typename out_t, typename acc_t>
-void finish_output(const acc_t* buf, out_t* out, int64_t n) {
-  if constexpr (!std::is_same_v<out_t, acc_t>) narrow(buf, out, n);
-}
-
-// (count, mean, m2) of a contiguous span, relative to `shift`: two passes per kInnerChunk, chunks
-// merged in order.
-template <typename in_t, typename acc_t>
-WelfordState<acc_t> contiguous_span_stats(const in_t* x, int64_t n, acc_t shift, acc_t* buf) {
+WelfordState<acc_t> contiguous_span_stats(const in_t* x, int64_t n, acc_t shift) {
   WelfordState<acc_t> total = welford_init<acc_t>();
   for (int64_t start = 0; start < n; start += kInnerChunk) {
     const int64_t len = std::min(kInnerChunk, n - start);
-    const acc_t* v = acc_view(x + start, buf, len);
     const acc_t count = static_cast<acc_t>(len);
-    const acc_t mean = span_sum_dev(v, len, shift) / count;
-    total = welford_merge(total, WelfordState<acc_t>{count, mean, span_sum_sq_dev(v, len, shift, mean)});
+    const acc_t mean = span_sum_dev(x + start, len, shift) / count;
+    total = welford_merge(total, WelfordState<acc_t>{count, mean, span_sum_sq_dev(x + start, len, shift, mean)});
   }
   return total;
 }
@@ -149,8 +140,155 @@ acc_t sigmoid(acc_t z) {
 }
 
 template <typename acc_t>
+Vectorized<acc_t> sigmoid(const Vectorized<acc_t>& z) {
+  const Vectorized<acc_t> one(1);
+  return one / (one + z.neg().exp());
+}
+
+template <typename acc_t>
 acc_t param_or(const acc_t* p, int64_t c, acc_t fallback) {
   return p != nullptr ? p[c] : fallback;
+}
+
+// A per-channel parameter for the row loops: p itself, or a vector of `fallback` when absent.
+template <typename acc_t>
+std::vector<acc_t> materialize_param(const acc_t* p, int64_t c, acc_t fallback) {
+  return p != nullptr ? std::vector<acc_t>(p, p + c) : std::vector<acc_t>(c, fallback);
+}
+
+// The forward's activation of z = xhat * w + b.
+template <bool kSilu, typename acc_t>
+Vectorized<acc_t> activate(const Vectorized<acc_t>& z) {
+  if constexpr (kSilu) {
+    return z * sigmoid(z);
+  } else {
+    return z;
+  }
+}
+
+template <bool kSilu, typename acc_t>
+acc_t activate(acc_t z) {
+  if constexpr (kSilu) {
+    return z * sigmoid(z);
+  } else {
+    return z;
+  }
+}
+
+// The gradient reaching the affine output z = xhat * w + b: dy itself, or through the fused SiLU,
+// with z recomputed from xhat.
+template <bool kSilu, typename acc_t>
+Vectorized<acc_t> dz_of(const Vectorized<acc_t>& dy, const Vectorized<acc_t>& xhat, const Vectorized<acc_t>& w,
+                        const Vectorized<acc_t>& b) {
+  if constexpr (kSilu) {
+    const Vectorized<acc_t> one(1);
+    const Vectorized<acc_t> z = at::vec::fmadd(xhat, w, b);
+    const Vectorized<acc_t> sg = sigmoid(z);
+    return dy * sg * (one + z * (one - sg));
+  } else {
+    return dy;
+  }
+}
+
+template <bool kSilu, typename acc_t>
+acc_t dz_of(acc_t dy, acc_t xhat, acc_t w, acc_t b) {
+  if constexpr (kSilu) {
+    const acc_t z = xhat * w + b;
+    const acc_t sg = sigmoid(z);
+    return dy * sg * (acc_t(1) + z * (acc_t(1) - sg));
+  } else {
+    return dy;
+  }
+}
+
+// ----- forward -------------------------------------------------------------------------------------
+
+// y = act(((x - origin) - mu) * scale + shift) over one channel's plane; mu is relative to `origin`
+// (zero when it is absolute).
+template <bool kSilu, typename in_t, typename acc_t>
+void normalize_plane(const in_t* x, in_t* y, int64_t n, acc_t origin, acc_t mu, acc_t scale, acc_t shift) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  const Vec vo(origin), vmu(mu), vs(scale), vt(shift);
+  int64_t i = 0;
+  for (; i + kStep <= n; i += kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(x + i);
+    store_pair(y + i, activate<kSilu>(at::vec::fmadd((x0 - vo) - vmu, vs, vt)),
+               activate<kSilu>(at::vec::fmadd((x1 - vo) - vmu, vs, vt)));
+  }
+  for (; i < n; ++i)
+    y[i] = static_cast<in_t>(activate<kSilu>(((static_cast<acc_t>(x[i]) - origin) - mu) * scale + shift));
+}
+
+// y = act((x - mu) * scale + shift) over a channels-last row, with per-channel mu, scale and shift.
+template <bool kSilu, typename in_t, typename acc_t>
+void normalize_row(const in_t* x, in_t* y, int64_t C, const acc_t* mu, const acc_t* scale, const acc_t* shift) {
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  int64_t c = 0;
+  for (; c + kStep <= C; c += kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(x + c);
+    const auto [m0, m1] = load_pair<acc_t>(mu + c);
+    const auto [s0, s1] = load_pair<acc_t>(scale + c);
+    const auto [t0, t1] = load_pair<acc_t>(shift + c);
+    store_pair(y + c, activate<kSilu>(at::vec::fmadd(x0 - m0, s0, t0)),
+               activate<kSilu>(at::vec::fmadd(x1 - m1, s1, t1)));
+  }
+  for (; c < C; ++c)
+    y[c] = static_cast<in_t>(activate<kSilu>((static_cast<acc_t>(x[c]) - mu[c]) * scale[c] + shift[c]));
+}
+
+// Rows handled per sweep of the channels-last statistics: the per-channel accumulators are loaded
+// and stored once per kStatsRows rows instead of once per row, which made the loop store-bound.
+constexpr int64_t kStatsRows = 4;
+
+// acc[c] += sum over `rows` (<= kStatsRows) consecutive channels-last rows of x[r][c] - shift[c];
+// each channel still adds its rows in order.
+template <typename in_t, typename acc_t>
+void rows_add_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, acc_t* acc) {
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  int64_t c = 0;
+  for (; c + kStep <= C; c += kStep) {
+    const auto [h0, h1] = load_pair<acc_t>(shift + c);
+    auto [a0, a1] = load_pair<acc_t>(acc + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto [x0, x1] = load_pair<acc_t>(x + r * C + c);
+      a0 += x0 - h0;
+      a1 += x1 - h1;
+    }
+    store_pair(acc + c, a0, a1);
+  }
+  for (; c < C; ++c) {
+    acc_t a = acc[c];
+    for (int64_t r = 0; r < rows; ++r) a += static_cast<acc_t>(x[r * C + c]) - shift[c];
+    acc[c] = a;
+  }
+}
+
+// acc[c] += sum over `rows` (<= kStatsRows) rows of ((x[r][c] - shift[c]) - mean[c])^2.
+template <typename in_t, typename acc_t>
+void rows_add_sq_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, const acc_t* mean, acc_t* acc) {
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  int64_t c = 0;
+  for (; c + kStep <= C; c += kStep) {
+    const auto [h0, h1] = load_pair<acc_t>(shift + c);
+    const auto [m0, m1] = load_pair<acc_t>(mean + c);
+    auto [a0, a1] = load_pair<acc_t>(acc + c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto [x0, x1] = load_pair<acc_t>(x + r * C + c);
+      const auto d0 = (x0 - h0) - m0, d1 = (x1 - h1) - m1;
+      a0 = at::vec::fmadd(d0, d0, a0);
+      a1 = at::vec::fmadd(d1, d1, a1);
+    }
+    store_pair(acc + c, a0, a1);
+  }
+  for (; c < C; ++c) {
+    acc_t a = acc[c];
+    for (int64_t r = 0; r < rows; ++r) {
+      const acc_t d = (static_cast<acc_t>(x[r * C + c]) - shift[c]) - mean[c];
+      a += d * d;
+    }
+    acc[c] = a;
+  }
 }
 
 // Pass 1 of the forward: per-(n, g) mean and rstd. Each group's statistics are accumulated relative
@@ -171,54 +309,62 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
     chunks = (len + kStatsChunk - 1) / kStatsChunk;
     partials.resize(ng * chunks);
     at::parallel_for(0, ng * chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> buf(kInnerChunk);
+      const in_t* const xp = x;
+      const acc_t* const sh = shifts.data();
+      WelfordState<acc_t>* const part = partials.data();
+      const int64_t group_len = len, nchunks = chunks;
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t group = item / chunks;
-        const int64_t start = (item % chunks) * kStatsChunk;
-        const int64_t n = std::min(kStatsChunk, len - start);
-        partials[item] = contiguous_span_stats(x + group * len + start, n, shifts[group], buf.data());
+        const int64_t group = item / nchunks;
+        const int64_t start = (item % nchunks) * kStatsChunk;
+        const int64_t n = std::min(kStatsChunk, group_len - start);
+        part[item] = contiguous_span_stats(xp + group * group_len + start, n, sh[group]);
       }
     });
   } else {
     // Rows of C channels; a work item takes a block of rows of one sample and produces the partial
-    // state of every group: per-channel sums, group means, then per-channel squared deviations.
+    // state of every group: per-channel sums, group means, then per-channel squared deviations (the
+    // block, kStatsChunk elements, is read the second time from L2).
     const int64_t rows_per_chunk = std::max<int64_t>(1, kStatsChunk / s.c);
     chunks = (s.hw + rows_per_chunk - 1) / rows_per_chunk;
     partials.resize(ng * chunks);
     at::parallel_for(0, s.n * chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(s.c), channel_acc(s.c), channel_mean(s.c), channel_shift(s.c);
+      const in_t* const xp = x;
+      const GroupNormShape sh = s;
+      const int64_t nchunks = chunks, rows_per = rows_per_chunk;
+      WelfordState<acc_t>* const part = partials.data();
+      std::vector<acc_t> channel_acc(sh.c), channel_mean(sh.c), channel_shift(sh.c);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / chunks;
-        const int64_t chunk = item % chunks;
-        const int64_t row_begin = chunk * rows_per_chunk;
-        const int64_t row_end = std::min(s.hw, row_begin + rows_per_chunk);
-        const in_t* base = x + n * s.hw * s.c;
-        for (int64_t c = 0; c < s.c; ++c) channel_shift[c] = shifts[n * s.groups + c / s.channels_per_group];
-        const acc_t count = static_cast<acc_t>((row_end - row_begin) * s.channels_per_group);
-        std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
-        for (int64_t r = row_begin; r < row_end; ++r) {
-          const acc_t* v = acc_view(base + r * s.c, row.data(), s.c);
-          for (int64_t c = 0; c < s.c; ++c) channel_acc[c] += v[c] - channel_shift[c];
+        const int64_t n = item / nchunks;
+        const int64_t chunk = item % nchunks;
+        const int64_t row_begin = chunk * rows_per;
+        const int64_t row_end = std::min(sh.hw, row_begin + rows_per);
+        const in_t* base = xp + n * sh.hw * sh.c;
+        for (int64_t g = 0; g < sh.groups; ++g) {
+          std::fill(channel_shift.begin() + g * sh.channels_per_group,
+                    channel_shift.begin() + (g + 1) * sh.channels_per_group, shifts[n * sh.groups + g]);
         }
-        for (int64_t g = 0; g < s.groups; ++g) {
-          const int64_t c0 = g * s.channels_per_group;
+        const acc_t count = static_cast<acc_t>((row_end - row_begin) * sh.channels_per_group);
+        std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
+        for (int64_t r = row_begin; r < row_end; r += kStatsRows) {
+          rows_add_dev(base + r * sh.c, std::min(kStatsRows, row_end - r), sh.c, channel_shift.data(),
+                       channel_acc.data());
+        }
+        for (int64_t g = 0; g < sh.groups; ++g) {
+          const int64_t c0 = g * sh.channels_per_group;
           acc_t sum = 0;
-          for (int64_t c = c0; c < c0 + s.channels_per_group; ++c) sum += channel_acc[c];
-          std::fill(channel_mean.begin() + c0, channel_mean.begin() + c0 + s.channels_per_group, sum / count);
+          for (int64_t c = c0; c < c0 + sh.channels_per_group; ++c) sum += channel_acc[c];
+          std::fill(channel_mean.begin() + c0, channel_mean.begin() + c0 + sh.channels_per_group, sum / count);
         }
         std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
-        for (int64_t r = row_begin; r < row_end; ++r) {
-          const acc_t* v = acc_view(base + r * s.c, row.data(), s.c);
-          for (int64_t c = 0; c < s.c; ++c) {
-            const acc_t d = (v[c] - channel_shift[c]) - channel_mean[c];
-            channel_acc[c] += d * d;
-          }
+        for (int64_t r = row_begin; r < row_end; r += kStatsRows) {
+          rows_add_sq_dev(base + r * sh.c, std::min(kStatsRows, row_end - r), sh.c, channel_shift.data(),
+                          channel_mean.data(), channel_acc.data());
         }
-        for (int64_t g = 0; g < s.groups; ++g) {
-          const int64_t c0 = g * s.channels_per_group;
+        for (int64_t g = 0; g < sh.groups; ++g) {
+          const int64_t c0 = g * sh.channels_per_group;
           acc_t m2 = 0;
-          for (int64_t c = c0; c < c0 + s.channels_per_group; ++c) m2 += channel_acc[c];
-          partials[(n * s.groups + g) * chunks + chunk] = {count, channel_mean[c0], m2};
+          for (int64_t c = c0; c < c0 + sh.channels_per_group; ++c) m2 += channel_acc[c];
+          part[(n * sh.groups + g) * nchunks + chunk] = {count, channel_mean[c0], m2};
         }
       }
     });
@@ -231,152 +377,222 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
   }
 }
 
-// A per-channel quantity as seen from a span of elements: one value for the whole span (contiguous
-// layout, where a span lies in one channel's plane) or one value per element (channels_last, where
-// a span is a row of channels). A null pointer reads as `fallback` (absent weight or bias).
-template <typename acc_t>
-struct SpanParam {
-  const acc_t* data;
-  bool per_element;
-  acc_t fallback;
-
-  acc_t at(int64_t i) const { return data == nullptr ? fallback : data[per_element ? i : 0]; }
-  Vectorized<acc_t> vec(int64_t i) const {
-    if (data == nullptr) return Vectorized<acc_t>(fallback);
-    return per_element ? Vectorized<acc_t>::loadu(data + i) : Vectorized<acc_t>(data[0]);
-  }
-};
-
-template <typename acc_t>
-Vectorized<acc_t> sigmoid(const Vectorized<acc_t>& z) {
-  const Vectorized<acc_t> one(1);
-  return one / (one + z.neg().exp());
-}
-
-// out <- act(((v - origin) - mu) * scale + shift); out may be v. The mean is given relative to
-// `origin` (zero when it is absolute).
-template <typename acc_t>
-void normalize_span(const acc_t* v, acc_t* out, int64_t len, acc_t origin, SpanParam<acc_t> mu, SpanParam<acc_t> scale,
-                    SpanParam<acc_t> shift, bool silu) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  const Vec vorigin(origin);
-  int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
-    Vec z = ((Vec::loadu(v + i) - vorigin) - mu.vec(i)) * scale.vec(i) + shift.vec(i);
-    if (silu) z = z * sigmoid(z);
-    z.store(out + i);
-  }
-  for (; i < len; ++i) {
-    acc_t z = ((v[i] - origin) - mu.at(i)) * scale.at(i) + shift.at(i);
-    if (silu) z *= sigmoid(z);
-    out[i] = z;
-  }
-}
-
-// In place: dy <- dz, the gradient reaching the affine output z (through the SiLU when fused, with
-// z recomputed from x), and x <- xhat, the normalized input.
-template <typename acc_t>
-void dz_xhat_span(acc_t* dy, acc_t* x, int64_t len, SpanParam<acc_t> mu, SpanParam<acc_t> r, SpanParam<acc_t> w,
-                  SpanParam<acc_t> b, bool silu) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  const Vec one(1);
-  int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
-    const Vec xhat = (Vec::loadu(x + i) - mu.vec(i)) * r.vec(i);
-    xhat.store(x + i);
-    if (silu) {
-      const Vec z = xhat * w.vec(i) + b.vec(i);
-      const Vec sg = sigmoid(z);
-      (Vec::loadu(dy + i) * sg * (one + z * (one - sg))).store(dy + i);
-    }
-  }
-  for (; i < len; ++i) {
-    const acc_t xhat = (x[i] - mu.at(i)) * r.at(i);
-    x[i] = xhat;
-    if (silu) {
-      const acc_t z = xhat * w.at(i) + b.at(i);
-      const acc_t sg = sigmoid(z);
-      dy[i] *= sg * (acc_t(1) + z * (acc_t(1) - sg));
-    }
-  }
-}
-
-template <typename acc_t>
-acc_t span_dot(const acc_t* a, const acc_t* b, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  Vec acc(0);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& x, Vec& y) { return x + y; }, acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Pass 2 of the forward: y = act((x - mean) * (rstd * w) + b), with per-(n, c) mean and scale.
-template <typename in_t, typename acc_t>
+// Pass 2 of the forward: y = act((x - mean) * (rstd * w) + b), with per-(n, c) mean and scale and
+// per-channel shift (b, or zeros).
+template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const acc_t* mean_nc, const acc_t* scale_nc,
-                          const acc_t* b, bool silu) {
+                          const acc_t* shift_c) {
   if (!s.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
     at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> buf(std::min(kInnerChunk, s.hw));
+      const in_t* const xp = x;
+      in_t* const yp = y;
+      const acc_t *const mu = mean_nc, *const scale = scale_nc, *const shift = shift_c;
+      const int64_t C = s.c, hw = s.hw;
       for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t c = plane % s.c;
-        const SpanParam<acc_t> mu{mean_nc + plane, false, 0}, scale{scale_nc + plane, false, 0};
-        const SpanParam<acc_t> shift{b != nullptr ? b + c : nullptr, false, 0};
-        for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
-          const int64_t len = std::min(kInnerChunk, s.hw - start);
-          const int64_t off = plane * s.hw + start;
-          normalize_span(acc_view(x + off, buf.data(), len), acc_target(y + off, buf.data()), len, acc_t(0), mu, scale,
-                         shift, silu);
-          finish_output(buf.data(), y + off, len);
-        }
+        normalize_plane<kSilu>(xp + plane * hw, yp + plane * hw, hw, acc_t(0), mu[plane], scale[plane],
+                               shift[plane % C]);
       }
     });
   } else {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.c);
     at::parallel_for(0, s.n * s.hw, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> buf(s.c);
+      const in_t* const xp = x;
+      in_t* const yp = y;
+      const acc_t *const mu = mean_nc, *const scale = scale_nc, *const shift = shift_c;
+      const int64_t C = s.c, hw = s.hw;
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t n = r / s.hw;
-        normalize_span(acc_view(x + r * s.c, buf.data(), s.c), acc_target(y + r * s.c, buf.data()), s.c, acc_t(0),
-                       SpanParam<acc_t>{mean_nc + n * s.c, true, 0}, SpanParam<acc_t>{scale_nc + n * s.c, true, 0},
-                       SpanParam<acc_t>{b, true, 0}, silu);
-        finish_output(buf.data(), y + r * s.c, s.c);
+        const int64_t nc0 = (r / hw) * C;
+        normalize_row<kSilu>(xp + r * C, yp + r * C, C, mu + nc0, scale + nc0, shift);
       }
     });
   }
 }
 
-// Pass 1 of the backward: sum_dz[n, c] = sum_hw dz and sum_dz_xhat[n, c] = sum_hw dz * xhat.
-template <typename in_t, typename acc_t>
+// The forward on contiguous input, one whole (n, g) group per work item: statistics of the group
+// relative to its first element, then the output from the same (cached) values.
+template <bool kSilu, typename in_t, typename acc_t>
+void group_norm_fused_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& s, double eps, const acc_t* w,
+                                  const acc_t* b, acc_t* mean, acc_t* rstd) {
+  at::parallel_for(0, s.n * s.groups, 1, [&](int64_t begin, int64_t end) {
+    const in_t* const xp = x;
+    in_t* const yp = y;
+    const acc_t *const wp = w, *const bp = b;
+    acc_t *const mean_out = mean, *const rstd_out = rstd;
+    const int64_t G = s.groups, D = s.channels_per_group, hw = s.hw, len = D * hw;
+    const acc_t acc_eps = static_cast<acc_t>(eps);
+    for (int64_t group = begin; group < end; ++group) {
+      const in_t* gx = xp + group * len;
+      in_t* gy = yp + group * len;
+      const acc_t shift = static_cast<acc_t>(gx[0]);
+      const WelfordState<acc_t> st = contiguous_span_stats(gx, len, shift);
+      const acc_t group_rstd = acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + acc_eps);
+      mean_out[group] = shift + st.mean;
+      rstd_out[group] = group_rstd;
+      const int64_t c0 = (group % G) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t c = c0 + d;
+        normalize_plane<kSilu>(gx + d * hw, gy + d * hw, hw, shift, st.mean, group_rstd * param_or(wp, c, acc_t(1)),
+                               param_or(bp, c, acc_t(0)));
+      }
+    }
+  });
+}
+
+// ----- backward ------------------------------------------------------------------------------------
+
+// (sum(dz), sum(dz * xhat)) over one channel's plane, with xhat = (x - mu) * r, partial sums closed
+// every kInnerChunk elements. With kKeepDz, dz is also written to dz_out, so that the SiLU's exp is
+// not evaluated again for grad_input.
+template <bool kSilu, bool kKeepDz, typename in_t, typename acc_t>
+std::pair<acc_t, acc_t> plane_dz_sums(const in_t* dy, const in_t* x, int64_t n, acc_t mu, acc_t r, acc_t w, acc_t b,
+                                      acc_t* dz_out) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  const Vec vmu(mu), vr(r), vw(w), vb(b);
+  acc_t total_dz = 0, total_dz_xhat = 0;
+  for (int64_t start = 0; start < n; start += kInnerChunk) {
+    const int64_t end = std::min(n, start + kInnerChunk);
+    Vec s0(0), s1(0), q0(0), q1(0);
+    int64_t i = start;
+    for (; i + kStep <= end; i += kStep) {
+      const auto [g0, g1] = load_pair<acc_t>(dy + i);
+      const auto [x0, x1] = load_pair<acc_t>(x + i);
+      const Vec xh0 = (x0 - vmu) * vr, xh1 = (x1 - vmu) * vr;
+      const Vec dz0 = dz_of<kSilu>(g0, xh0, vw, vb), dz1 = dz_of<kSilu>(g1, xh1, vw, vb);
+      if constexpr (kKeepDz) store_pair(dz_out + i, dz0, dz1);
+      s0 += dz0;
+      s1 += dz1;
+      q0 = at::vec::fmadd(dz0, xh0, q0);
+      q1 = at::vec::fmadd(dz1, xh1, q1);
+    }
+    acc_t sdz = reduce_lanes<acc_t>(s0 + s1), sdzx = reduce_lanes<acc_t>(q0 + q1);
+    for (; i < end; ++i) {
+      const acc_t xhat = (static_cast<acc_t>(x[i]) - mu) * r;
+      const acc_t dz = dz_of<kSilu>(static_cast<acc_t>(dy[i]), xhat, w, b);
+      if constexpr (kKeepDz) dz_out[i] = dz;
+      sdz += dz;
+      sdzx += dz * xhat;
+    }
+    total_dz += sdz;
+    total_dz_xhat += sdzx;
+  }
+  return {total_dz, total_dz_xhat};
+}
+
+// dx = r * (dz * w - mean_dz - xhat * mean_dz_xhat) over one channel's plane; dz is read from
+// dz_cache (kCached) or recomputed from dy.
+template <bool kSilu, bool kCached, typename in_t, typename acc_t>
+void plane_grad_input(const in_t* dy, const acc_t* dz_cache, const in_t* x, in_t* dx, int64_t n, acc_t mu, acc_t r,
+                      acc_t w, acc_t b, acc_t mean_dz, acc_t mean_dz_xhat) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  const Vec vmu(mu), vr(r), vw(w), vb(b), vmdz(mean_dz), vmdzx(mean_dz_xhat);
+  const auto dz_at = [&](int64_t i, const Vec& xh0, const Vec& xh1) -> std::pair<Vec, Vec> {
+    if constexpr (kCached) {
+      return load_pair<acc_t>(dz_cache + i);
+    } else {
+      const auto [g0, g1] = load_pair<acc_t>(dy + i);
+      return {dz_of<kSilu>(g0, xh0, vw, vb), dz_of<kSilu>(g1, xh1, vw, vb)};
+    }
+  };
+  int64_t i = 0;
+  for (; i + kStep <= n; i += kStep) {
+    const auto [x0, x1] = load_pair<acc_t>(x + i);
+    const Vec xh0 = (x0 - vmu) * vr, xh1 = (x1 - vmu) * vr;
+    const auto [dz0, dz1] = dz_at(i, xh0, xh1);
+    store_pair(dx + i, vr * (dz0 * vw - vmdz - xh0 * vmdzx), vr * (dz1 * vw - vmdz - xh1 * vmdzx));
+  }
+  for (; i < n; ++i) {
+    const acc_t xhat = (static_cast<acc_t>(x[i]) - mu) * r;
+    const acc_t dz = kCached ? dz_cache[i] : dz_of<kSilu>(static_cast<acc_t>(dy[i]), xhat, w, b);
+    dx[i] = static_cast<in_t>(r * (dz * w - mean_dz - xhat * mean_dz_xhat));
+  }
+}
+
+// acc_dz[c] += dz, acc_dz_xhat[c] += dz * xhat over a channels-last row, with per-channel mu, r, w, b.
+template <bool kSilu, typename in_t, typename acc_t>
+void row_dz_sums(const in_t* dy, const in_t* x, int64_t C, const acc_t* mu, const acc_t* r, const acc_t* w,
+                 const acc_t* b, acc_t* acc_dz, acc_t* acc_dz_xhat) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  int64_t c = 0;
+  for (; c + kStep <= C; c += kStep) {
+    const auto [g0, g1] = load_pair<acc_t>(dy + c);
+    const auto [x0, x1] = load_pair<acc_t>(x + c);
+    const auto [m0, m1] = load_pair<acc_t>(mu + c);
+    const auto [r0, r1] = load_pair<acc_t>(r + c);
+    const Vec xh0 = (x0 - m0) * r0, xh1 = (x1 - m1) * r1;
+    Vec dz0 = g0, dz1 = g1;
+    if constexpr (kSilu) {
+      const auto [w0, w1] = load_pair<acc_t>(w + c);
+      const auto [b0, b1] = load_pair<acc_t>(b + c);
+      dz0 = dz_of<kSilu>(g0, xh0, w0, b0);
+      dz1 = dz_of<kSilu>(g1, xh1, w1, b1);
+    }
+    const auto [s0, s1] = load_pair<acc_t>(acc_dz + c);
+    const auto [q0, q1] = load_pair<acc_t>(acc_dz_xhat + c);
+    store_pair(acc_dz + c, s0 + dz0, s1 + dz1);
+    store_pair(acc_dz_xhat + c, at::vec::fmadd(dz0, xh0, q0), at::vec::fmadd(dz1, xh1, q1));
+  }
+  for (; c < C; ++c) {
+    const acc_t xhat = (static_cast<acc_t>(x[c]) - mu[c]) * r[c];
+    const acc_t dz = dz_of<kSilu>(static_cast<acc_t>(dy[c]), xhat, w[c], b[c]);
+    acc_dz[c] += dz;
+    acc_dz_xhat[c] += dz * xhat;
+  }
+}
+
+// dx = r * (dz * w - coef_dz - xhat * coef_xhat) over a channels-last row, all per channel.
+template <bool kSilu, typename in_t, typename acc_t>
+void row_grad_input(const in_t* dy, const in_t* x, in_t* dx, int64_t C, const acc_t* mu, const acc_t* r, const acc_t* w,
+                    const acc_t* b, const acc_t* coef_dz, const acc_t* coef_xhat) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  int64_t c = 0;
+  for (; c + kStep <= C; c += kStep) {
+    const auto [g0, g1] = load_pair<acc_t>(dy + c);
+    const auto [x0, x1] = load_pair<acc_t>(x + c);
+    const auto [m0, m1] = load_pair<acc_t>(mu + c);
+    const auto [r0, r1] = load_pair<acc_t>(r + c);
+    const auto [w0, w1] = load_pair<acc_t>(w + c);
+    const auto [k0, k1] = load_pair<acc_t>(coef_dz + c);
+    const auto [h0, h1] = load_pair<acc_t>(coef_xhat + c);
+    const Vec xh0 = (x0 - m0) * r0, xh1 = (x1 - m1) * r1;
+    Vec dz0 = g0, dz1 = g1;
+    if constexpr (kSilu) {
+      const auto [b0, b1] = load_pair<acc_t>(b + c);
+      dz0 = dz_of<kSilu>(g0, xh0, w0, b0);
+      dz1 = dz_of<kSilu>(g1, xh1, w1, b1);
+    }
+    store_pair(dx + c, r0 * (dz0 * w0 - k0 - xh0 * h0), r1 * (dz1 * w1 - k1 - xh1 * h1));
+  }
+  for (; c < C; ++c) {
+    const acc_t xhat = (static_cast<acc_t>(x[c]) - mu[c]) * r[c];
+    const acc_t dz = dz_of<kSilu>(static_cast<acc_t>(dy[c]), xhat, w[c], b[c]);
+    dx[c] = static_cast<in_t>(r[c] * (dz * w[c] - coef_dz[c] - xhat * coef_xhat[c]));
+  }
+}
+
+// Pass 1 of the backward: sum_dz[n, c] = sum_hw dz and sum_dz_xhat[n, c] = sum_hw dz * xhat, with
+// w_c and b_c the per-channel parameters (materialized).
+template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormShape& s, const acc_t* mean_nc,
-                                 const acc_t* rstd_nc, const acc_t* w, const acc_t* b, bool silu, acc_t* sum_dz,
+                                 const acc_t* rstd_nc, const acc_t* w_c, const acc_t* b_c, acc_t* sum_dz,
                                  acc_t* sum_dz_xhat) {
   if (!s.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
     at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
-      const int64_t buf_len = std::min(kInnerChunk, s.hw);
-      std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len);
+      const in_t *const gp = dy, *const xp = x;
+      const acc_t *const mu = mean_nc, *const r = rstd_nc, *const wp = w_c, *const bp = b_c;
+      acc_t *const out_dz = sum_dz, *const out_dz_xhat = sum_dz_xhat;
+      const int64_t C = s.c, hw = s.hw;
       for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t c = plane % s.c;
-        const SpanParam<acc_t> mu{mean_nc + plane, false, 0}, r{rstd_nc + plane, false, 0};
-        const SpanParam<acc_t> wc{w != nullptr ? w + c : nullptr, false, 1},
-            bc{b != nullptr ? b + c : nullptr, false, 0};
-        acc_t total_dz = 0, total_dz_xhat = 0;
-        for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
-          const int64_t len = std::min(kInnerChunk, s.hw - start);
-          widen(dy + plane * s.hw + start, dy_buf.data(), len);
-          widen(x + plane * s.hw + start, x_buf.data(), len);
-          dz_xhat_span(dy_buf.data(), x_buf.data(), len, mu, r, wc, bc, silu);
-          total_dz += span_sum(dy_buf.data(), len);
-          total_dz_xhat += span_dot(dy_buf.data(), x_buf.data(), len);
-        }
-        sum_dz[plane] = total_dz;
-        sum_dz_xhat[plane] = total_dz_xhat;
+        const int64_t c = plane % C, off = plane * hw;
+        const auto [total_dz, total_dz_xhat] = plane_dz_sums<kSilu, false>(gp + off, xp + off, hw, mu[plane], r[plane],
+                                                                           wp[c], bp[c], static_cast<acc_t*>(nullptr));
+        out_dz[plane] = total_dz;
+        out_dz_xhat[plane] = total_dz_xhat;
       }
     });
     return;
@@ -385,24 +601,18 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
   const int64_t chunks = (s.hw + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<acc_t> partial_dz(s.n * chunks * s.c), partial_dz_xhat(s.n * chunks * s.c);
   at::parallel_for(0, s.n * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> dy_row(s.c), x_row(s.c);
+    const in_t *const gp = dy, *const xp = x;
+    const acc_t *const mu = mean_nc, *const r = rstd_nc, *const wp = w_c, *const bp = b_c;
+    acc_t *const part_dz = partial_dz.data(), *const part_dz_xhat = partial_dz_xhat.data();
+    const int64_t C = s.c, hw = s.hw, nchunks = chunks, rows_per = rows_per_chunk;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / chunks;
-      const int64_t row_begin = (item % chunks) * rows_per_chunk;
-      const int64_t row_end = std::min(s.hw, row_begin + rows_per_chunk);
-      acc_t* acc_dz = partial_dz.data() + item * s.c;
-      acc_t* acc_dz_xhat = partial_dz_xhat.data() + item * s.c;
-      const SpanParam<acc_t> mu{mean_nc + n * s.c, true, 0}, r{rstd_nc + n * s.c, true, 0};
+      const int64_t n = item / nchunks;
+      const int64_t row_begin = (item % nchunks) * rows_per;
+      const int64_t row_end = std::min(hw, row_begin + rows_per);
       for (int64_t row = row_begin; row < row_end; ++row) {
-        const int64_t off = (n * s.hw + row) * s.c;
-        widen(dy + off, dy_row.data(), s.c);
-        widen(x + off, x_row.data(), s.c);
-        dz_xhat_span(dy_row.data(), x_row.data(), s.c, mu, r, SpanParam<acc_t>{w, true, 1},
-                     SpanParam<acc_t>{b, true, 0}, silu);
-        for (int64_t c = 0; c < s.c; ++c) {
-          acc_dz[c] += dy_row[c];
-          acc_dz_xhat[c] += dy_row[c] * x_row[c];
-        }
+        const int64_t off = (n * hw + row) * C;
+        row_dz_sums<kSilu>(gp + off, xp + off, C, mu + n * C, r + n * C, wp, bp, part_dz + item * C,
+                           part_dz_xhat + item * C);
       }
     }
   });
@@ -418,20 +628,6 @@ void group_norm_channel_sums_cpu(const in_t* dy, const in_t* x, const GroupNormS
       sum_dz_xhat[nc] = total_dz_xhat;
     }
   });
-}
-
-// In place over a span after dz_xhat_span: xhat <- rstd * (dz * w - coef_dz - xhat * coef_xhat).
-template <typename acc_t>
-void grad_input_span(const acc_t* dz, acc_t* xhat, int64_t len, SpanParam<acc_t> r, SpanParam<acc_t> w,
-                     SpanParam<acc_t> coef_dz, SpanParam<acc_t> coef_xhat) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size();
-  int64_t i = 0;
-  for (; i + kLanes <= len; i += kLanes) {
-    const Vec v = r.vec(i) * (Vec::loadu(dz + i) * w.vec(i) - coef_dz.vec(i) - Vec::loadu(xhat + i) * coef_xhat.vec(i));
-    v.store(xhat + i);
-  }
-  for (; i < len; ++i) xhat[i] = r.at(i) * (dz[i] * w.at(i) - coef_dz.at(i) - xhat[i] * coef_xhat.at(i));
 }
 
 // The two group means of the backward, mean_g(dz * w) and mean_g(dz * w * xhat), of group g of
@@ -481,123 +677,73 @@ void group_norm_coefficients_cpu(const GroupNormShape& s, const acc_t* sum_dz, c
 
 // Pass 2 of the backward: dx = rstd * (dz * w - mean_g(dz * w) - xhat * mean_g(dz * w * xhat)),
 // with the two group means given per (n, c) as coef_dz and coef_xhat.
-template <typename in_t, typename acc_t>
+template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const GroupNormShape& s, const acc_t* mean_nc,
-                               const acc_t* rstd_nc, const acc_t* coef_dz, const acc_t* coef_xhat, const acc_t* w,
-                               const acc_t* b, bool silu) {
+                               const acc_t* rstd_nc, const acc_t* coef_dz, const acc_t* coef_xhat, const acc_t* w_c,
+                               const acc_t* b_c) {
   if (!s.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
     at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
-      const int64_t buf_len = std::min(kInnerChunk, s.hw);
-      std::vector<acc_t> dy_buf(buf_len), x_buf(buf_len);
+      const in_t *const gp = dy, *const xp = x;
+      in_t* const dxp = dx;
+      const acc_t *const mu = mean_nc, *const r = rstd_nc, *const wp = w_c, *const bp = b_c;
+      const acc_t *const cdz = coef_dz, *const cx = coef_xhat;
+      const int64_t C = s.c, hw = s.hw;
       for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t c = plane % s.c;
-        const SpanParam<acc_t> mu{mean_nc + plane, false, 0}, r{rstd_nc + plane, false, 0};
-        const SpanParam<acc_t> wc{w != nullptr ? w + c : nullptr, false, 1},
-            bc{b != nullptr ? b + c : nullptr, false, 0};
-        const SpanParam<acc_t> cdz{coef_dz + plane, false, 0}, cx{coef_xhat + plane, false, 0};
-        for (int64_t start = 0; start < s.hw; start += kInnerChunk) {
-          const int64_t len = std::min(kInnerChunk, s.hw - start);
-          const int64_t off = plane * s.hw + start;
-          widen(dy + off, dy_buf.data(), len);
-          widen(x + off, x_buf.data(), len);
-          dz_xhat_span(dy_buf.data(), x_buf.data(), len, mu, r, wc, bc, silu);
-          grad_input_span(dy_buf.data(), x_buf.data(), len, r, wc, cdz, cx);
-          narrow(x_buf.data(), dx + off, len);
-        }
+        const int64_t c = plane % C, off = plane * hw;
+        plane_grad_input<kSilu, false>(gp + off, static_cast<const acc_t*>(nullptr), xp + off, dxp + off, hw, mu[plane],
+                                       r[plane], wp[c], bp[c], cdz[plane], cx[plane]);
       }
     });
   } else {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.c);
     at::parallel_for(0, s.n * s.hw, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> dy_buf(s.c), x_buf(s.c);
+      const in_t *const gp = dy, *const xp = x;
+      in_t* const dxp = dx;
+      const acc_t *const mu = mean_nc, *const r = rstd_nc, *const wp = w_c, *const bp = b_c;
+      const acc_t *const cdz = coef_dz, *const cx = coef_xhat;
+      const int64_t C = s.c, hw = s.hw;
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t off = row * s.c;
-        const int64_t nc0 = (row / s.hw) * s.c;
-        const SpanParam<acc_t> r{rstd_nc + nc0, true, 0}, wc{w, true, 1};
-        widen(dy + off, dy_buf.data(), s.c);
-        widen(x + off, x_buf.data(), s.c);
-        dz_xhat_span(dy_buf.data(), x_buf.data(), s.c, SpanParam<acc_t>{mean_nc + nc0, true, 0}, r, wc,
-                     SpanParam<acc_t>{b, true, 0}, silu);
-        grad_input_span(dy_buf.data(), x_buf.data(), s.c, r, wc, SpanParam<acc_t>{coef_dz + nc0, true, 0},
-                        SpanParam<acc_t>{coef_xhat + nc0, true, 0});
-        narrow(x_buf.data(), dx + off, s.c);
+        const int64_t off = row * C, nc0 = (row / hw) * C;
+        row_grad_input<kSilu>(gp + off, xp + off, dxp + off, C, mu + nc0, r + nc0, wp, bp, cdz + nc0, cx + nc0);
       }
     });
   }
 }
 
-// The forward on contiguous input, one whole (n, g) group per work item: statistics of the group
-// relative to its first element, then the output from the same (cached) values.
-template <typename in_t, typename acc_t>
-void group_norm_fused_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& s, double eps, const acc_t* w,
-                                  const acc_t* b, bool silu, acc_t* mean, acc_t* rstd) {
-  const int64_t len = s.channels_per_group * s.hw;
-  at::parallel_for(0, s.n * s.groups, 1, [&](int64_t begin, int64_t end) {
-    // Reduced-precision input is converted once; acc_t input is read in place (from L2 the second time).
-    std::vector<acc_t> buf(std::is_same_v<in_t, acc_t> ? 0 : len);
-    for (int64_t group = begin; group < end; ++group) {
-      const int64_t offset = group * len;
-      const acc_t* v = acc_view(x + offset, buf.data(), len);
-      const acc_t shift = v[0];
-      WelfordState<acc_t> st = welford_init<acc_t>();
-      for (int64_t start = 0; start < len; start += kInnerChunk) {
-        const int64_t chunk = std::min(kInnerChunk, len - start);
-        const acc_t count = static_cast<acc_t>(chunk);
-        const acc_t chunk_mean = span_sum_dev(v + start, chunk, shift) / count;
-        st = welford_merge(
-            st, WelfordState<acc_t>{count, chunk_mean, span_sum_sq_dev(v + start, chunk, shift, chunk_mean)});
-      }
-      const acc_t group_rstd = acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + static_cast<acc_t>(eps));
-      mean[group] = shift + st.mean;
-      rstd[group] = group_rstd;
-      acc_t* out = acc_target(y + offset, buf.data());
-      const int64_t c0 = (group % s.groups) * s.channels_per_group;
-      for (int64_t d = 0; d < s.channels_per_group; ++d) {
-        const int64_t c = c0 + d;
-        const acc_t scale = group_rstd * param_or(w, c, acc_t(1));
-        normalize_span(v + d * s.hw, out + d * s.hw, s.hw, shift, SpanParam<acc_t>{&st.mean, false, 0},
-                       SpanParam<acc_t>{&scale, false, 0}, SpanParam<acc_t>{b != nullptr ? b + c : nullptr, false, 0},
-                       silu);
-      }
-      finish_output(buf.data(), y + offset, len);
-    }
-  });
-}
-
-// The backward on contiguous input, one whole (n, g) group per work item: dz (the SiLU's exp
-// evaluated once per element) and xhat are cached, reduced per channel, and turned into grad_input
-// in place. The per-(n, c) sums are kept for dweight / dbias.
-template <typename in_t, typename acc_t>
+// The backward on contiguous input, one whole (n, g) group per work item: per-channel sums of dz and
+// dz * xhat, the group means, then grad_input from x and dy (or, with the SiLU, the dz cache) while
+// they are in L2. The per-(n, c) sums are kept for dweight / dbias.
+template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_fused_backward_cpu(const in_t* dy, const in_t* x, in_t* dx, const GroupNormShape& s, const acc_t* mean,
-                                   const acc_t* rstd, const acc_t* w, const acc_t* b, bool silu, acc_t* sum_dz,
+                                   const acc_t* rstd, const acc_t* w, const acc_t* b, acc_t* sum_dz,
                                    acc_t* sum_dz_xhat) {
-  const int64_t len = s.channels_per_group * s.hw;
   at::parallel_for(0, s.n * s.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> dz_buf(len), x_buf(len);
+    const GroupNormShape sh = s;
+    const in_t *const gp = dy, *const xp = x;
+    in_t* const dxp = dx;
+    const acc_t *const mean_p = mean, *const rstd_p = rstd, *const wp = w, *const bp = b;
+    acc_t *const out_dz = sum_dz, *const out_dz_xhat = sum_dz_xhat;
+    const int64_t D = sh.channels_per_group, hw = sh.hw, len = D * hw;
+    std::vector<acc_t> dz_cache(kSilu ? len : 0);
     for (int64_t group = begin; group < end; ++group) {
       const int64_t offset = group * len;
-      const int64_t n = group / s.groups, g = group % s.groups, c0 = g * s.channels_per_group;
-      const SpanParam<acc_t> mu{mean + group, false, 0}, r{rstd + group, false, 0};
-      widen(dy + offset, dz_buf.data(), len);
-      widen(x + offset, x_buf.data(), len);
-      for (int64_t d = 0; d < s.channels_per_group; ++d) {
-        const int64_t c = c0 + d;
-        acc_t* dz_c = dz_buf.data() + d * s.hw;
-        acc_t* x_c = x_buf.data() + d * s.hw;
-        dz_xhat_span(dz_c, x_c, s.hw, mu, r, SpanParam<acc_t>{w != nullptr ? w + c : nullptr, false, 1},
-                     SpanParam<acc_t>{b != nullptr ? b + c : nullptr, false, 0}, silu);
-        sum_dz[n * s.c + c] = span_sum(dz_c, s.hw);
-        sum_dz_xhat[n * s.c + c] = span_dot(dz_c, x_c, s.hw);
+      const int64_t n = group / sh.groups, g = group % sh.groups, c0 = g * D;
+      const acc_t mu = mean_p[group], r = rstd_p[group];
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t c = c0 + d, off = offset + d * hw;
+        const auto [total_dz, total_dz_xhat] =
+            plane_dz_sums<kSilu, kSilu>(gp + off, xp + off, hw, mu, r, param_or(wp, c, acc_t(1)),
+                                        param_or(bp, c, acc_t(0)), dz_cache.data() + d * hw);
+        out_dz[n * sh.c + c] = total_dz;
+        out_dz_xhat[n * sh.c + c] = total_dz_xhat;
       }
-      const auto [mean_dz, mean_dz_xhat] = group_grad_means(s, sum_dz, sum_dz_xhat, w, n, g);
-      for (int64_t d = 0; d < s.channels_per_group; ++d) {
-        const int64_t c = c0 + d;
-        grad_input_span(dz_buf.data() + d * s.hw, x_buf.data() + d * s.hw, s.hw, r,
-                        SpanParam<acc_t>{w != nullptr ? w + c : nullptr, false, 1},
-                        SpanParam<acc_t>{&mean_dz, false, 0}, SpanParam<acc_t>{&mean_dz_xhat, false, 0});
+      const auto [mean_dz, mean_dz_xhat] = group_grad_means(sh, out_dz, out_dz_xhat, wp, n, g);
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t c = c0 + d, off = offset + d * hw;
+        plane_grad_input<kSilu, kSilu>(gp + off, dz_cache.data() + d * hw, xp + off, dxp + off, hw, mu, r,
+                                       param_or(wp, c, acc_t(1)), param_or(bp, c, acc_t(0)), mean_dz, mean_dz_xhat);
       }
-      narrow(x_buf.data(), dx + offset, len);
     }
   });
 }
@@ -618,25 +764,40 @@ bool use_fused_groups(const GroupNormShape& s) {
   return !s.channels_last && s.channels_per_group * s.hw <= kFusedGroupElements;
 }
 
+// f(std::bool_constant<silu>{}): the kernels take the fused SiLU as a template flag.
+template <typename F>
+void with_silu_flag(bool silu, const F& f) {
+  if (silu) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
 }  // namespace
 
 void group_norm_fwd(const GroupNormFwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_group_norm_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const GroupNormShape& s = a.shape;
     const auto* x = static_cast<const scalar_t*>(a.x);
     auto* y = static_cast<scalar_t*>(a.y);
     const auto* w = static_cast<const acc_t*>(a.w);
     const auto* b = static_cast<const acc_t*>(a.b);
     auto* mean = static_cast<acc_t*>(a.mean);
     auto* rstd = static_cast<acc_t*>(a.rstd);
-    if (use_fused_groups(a.shape)) {
-      group_norm_fused_forward_cpu<scalar_t, acc_t>(x, y, a.shape, a.eps, w, b, a.silu, mean, rstd);
-      return;
-    }
-    group_stats_cpu<scalar_t, acc_t>(x, a.shape, a.eps, mean, rstd);
-    const std::vector<acc_t> mean_nc = expand_to_channels<acc_t>(mean, a.shape, nullptr);
-    const std::vector<acc_t> scale_nc = expand_to_channels<acc_t>(rstd, a.shape, w);
-    group_norm_apply_cpu<scalar_t, acc_t>(x, y, a.shape, mean_nc.data(), scale_nc.data(), b, a.silu);
+    with_silu_flag(a.silu, [&](auto silu) {
+      constexpr bool kSilu = decltype(silu)::value;
+      if (use_fused_groups(s)) {
+        group_norm_fused_forward_cpu<kSilu, scalar_t, acc_t>(x, y, s, a.eps, w, b, mean, rstd);
+        return;
+      }
+      group_stats_cpu<scalar_t, acc_t>(x, s, a.eps, mean, rstd);
+      const std::vector<acc_t> mean_nc = expand_to_channels<acc_t>(mean, s, nullptr);
+      const std::vector<acc_t> scale_nc = expand_to_channels<acc_t>(rstd, s, w);
+      const std::vector<acc_t> shift_c = materialize_param(b, s.c, acc_t(0));
+      group_norm_apply_cpu<kSilu, scalar_t, acc_t>(x, y, s, mean_nc.data(), scale_nc.data(), shift_c.data());
+    });
   });
 }
 
@@ -652,19 +813,24 @@ void group_norm_bwd(const GroupNormBwdArgs& a) {
     const auto* mean = static_cast<const acc_t*>(a.mean);
     const auto* rstd = static_cast<const acc_t*>(a.rstd);
     std::vector<acc_t> sum_dz(s.n * s.c), sum_dz_xhat(s.n * s.c);
-    if (use_fused_groups(s)) {
-      group_norm_fused_backward_cpu<scalar_t, acc_t>(dy, x, dx, s, mean, rstd, w, b, a.silu, sum_dz.data(),
-                                                     sum_dz_xhat.data());
-    } else {
+    with_silu_flag(a.silu, [&](auto silu) {
+      constexpr bool kSilu = decltype(silu)::value;
+      if (use_fused_groups(s)) {
+        group_norm_fused_backward_cpu<kSilu, scalar_t, acc_t>(dy, x, dx, s, mean, rstd, w, b, sum_dz.data(),
+                                                              sum_dz_xhat.data());
+        return;
+      }
       const std::vector<acc_t> mean_nc = expand_to_channels<acc_t>(mean, s, nullptr);
       const std::vector<acc_t> rstd_nc = expand_to_channels<acc_t>(rstd, s, nullptr);
-      group_norm_channel_sums_cpu<scalar_t, acc_t>(dy, x, s, mean_nc.data(), rstd_nc.data(), w, b, a.silu,
-                                                   sum_dz.data(), sum_dz_xhat.data());
+      const std::vector<acc_t> w_c = materialize_param(w, s.c, acc_t(1));
+      const std::vector<acc_t> b_c = materialize_param(b, s.c, acc_t(0));
+      group_norm_channel_sums_cpu<kSilu, scalar_t, acc_t>(dy, x, s, mean_nc.data(), rstd_nc.data(), w_c.data(),
+                                                          b_c.data(), sum_dz.data(), sum_dz_xhat.data());
       std::vector<acc_t> coef_dz(s.n * s.c), coef_xhat(s.n * s.c);
       group_norm_coefficients_cpu<acc_t>(s, sum_dz.data(), sum_dz_xhat.data(), w, coef_dz.data(), coef_xhat.data());
-      group_norm_grad_input_cpu<scalar_t, acc_t>(dy, x, dx, s, mean_nc.data(), rstd_nc.data(), coef_dz.data(),
-                                                 coef_xhat.data(), w, b, a.silu);
-    }
+      group_norm_grad_input_cpu<kSilu, scalar_t, acc_t>(dy, x, dx, s, mean_nc.data(), rstd_nc.data(), coef_dz.data(),
+                                                        coef_xhat.data(), w_c.data(), b_c.data());
+    });
     group_norm_param_grads_cpu<acc_t>(s, sum_dz.data(), sum_dz_xhat.data(), static_cast<acc_t*>(a.dw),
                                       static_cast<acc_t*>(a.db));
   });
