@@ -1,9 +1,11 @@
 """Markdown tables for the README from a results file of ``python -m norm_ext.bench``.
 
-    python benchmarks/make_tables.py bench_results/results.json [--passes fwd,fwd+bwd] > tables.md
+    python benchmarks/make_tables.py bench_results/results.json [--passes fwd,fwd+bwd] [--summary] > tables.md
 
 One table per op and pass: a row per case and dtype, a column per provider with GB/s, % of the
 measured copy bandwidth and the speed relative to torch eager. WRONG/error results are shown as such.
+--summary gives one table instead, norm_ext's row per case with its ratios to torch eager and
+torch.compile (the README's table).
 """
 
 import argparse
@@ -54,14 +56,41 @@ def tables(data, passes=None):
     return "\n".join(out)
 
 
+def summary(data, passes=None):
+    rows = [r for r in data["results"] if not passes or r["pass"] in passes]
+    index = {(r["op"], r["case"], r["dtype"], r["pass"], r["provider"]): r for r in rows}
+
+    def ratio(ours, provider):
+        other = index.get((ours["op"], ours["case"], ours["dtype"], ours["pass"], provider))
+        if other is None or other["status"] == "skipped":
+            return "-"
+        if other["status"] != "ok":
+            return f"{other['status']} ({provider})"
+        return f"{other['ms'] / ours['ms']:.2f}x"
+
+    out = [
+        "| op | dtype | shape | pass | norm_ext GB/s (% of copy) | vs torch | vs torch.compile |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["provider"] != "norm_ext":
+            continue
+        cell = _cell(r) if r["status"] != "ok" else f"{r['gbps']:.1f} ({r['pct_copy']:.0f}%)"
+        ratios = (ratio(r, "torch"), ratio(r, "torch.compile")) if r["status"] == "ok" else ("-", "-")
+        out.append(f"| {r['op']} | {r['dtype']} | {r['case']} | {r['pass']} | {cell} | {ratios[0]} | {ratios[1]} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="results.json written by python -m norm_ext.bench")
     parser.add_argument("--passes", help="comma-separated subset of fwd,bwd,fwd+bwd")
+    parser.add_argument("--summary", action="store_true", help="norm_ext's row per case with its ratios")
     args = parser.parse_args(argv)
     with open(args.results) as f:
         data = json.load(f)
-    print(tables(data, args.passes.split(",") if args.passes else None))
+    passes = args.passes.split(",") if args.passes else None
+    print(summary(data, passes) if args.summary else tables(data, passes))
 
 
 if __name__ == "__main__":

@@ -119,14 +119,20 @@ def test_bad_arguments_name_the_problem(capsys):
 
 
 def test_make_tables(tmp_path):
-    out, _, _ = _run_cli(tmp_path, "--ops", "layer_norm,rms_norm", "--sizes", "8x64", "--providers", "norm_ext,torch",
-                         "--no-plots")  # fmt: skip
+    args = ["--ops", "layer_norm,rms_norm", "--sizes", "8x64", "--providers", "norm_ext,torch", "--no-plots"]
+    out, data, _ = _run_cli(tmp_path, *args)
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "make_tables.py"), str(out / "results.json")],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "### layer_norm fwd" in result.stdout and "### rms_norm fwd+bwd" in result.stdout
     assert "% of copy" in result.stdout
+    summary = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "make_tables.py"), str(out / "results.json"), "--summary"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert summary[0].startswith("| op | dtype | shape | pass | norm_ext")
+    assert len(summary) == 2 + sum(1 for r in data["results"] if r["provider"] == "norm_ext")
 
 
 def test_large_row_norm_cases_are_checked_on_their_first_rows(monkeypatch):
