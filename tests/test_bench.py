@@ -99,6 +99,13 @@ def test_wrong_provider_is_flagged_not_timed():
         assert wrong["status"] == "WRONG" and wrong["ms"] is None and "grad input" in wrong["note"]
 
 
+def test_copy_baseline_moves_the_bytes_in_activation_sized_blocks():
+    clone, copy_into = harness.copy_fns("cpu", 5 * 1000, 1000)
+    assert [t.numel() for t in clone()] == [1000, 1000, 500]
+    assert copy_into() is None
+    assert [t.numel() for t in harness.copy_fns("cpu", 600, 1000)[0]()] == [300]
+
+
 def test_byte_accounting():
     case = make_case("layer_norm", Variant("default"), (8, 64), torch.float32, "cpu")
     x, params = 8 * 64 * 4, 2 * 64 * 4

@@ -31,10 +31,11 @@ DEFAULT_PROVIDERS = ("norm_ext", "torch", "torch.compile", "apex", "liger", "qua
 ACCOUNTING = (
     "bytes moved = algorithmic minimum, the same for every provider: fwd reads x (and the residual) and "
     "writes y (and h), plus parameters; bwd reads the saved activation and dy and writes dx, plus "
-    "parameters read and their gradients written; fwd+bwd is the sum. copy GB/s = x.clone()-style copy "
-    "of the same number of bytes, measured in the same run, which allocates its output as every provider "
-    "does; copy_into GB/s = the same copy into an existing tensor. Their gap is the cost of a fresh "
-    "output (on a CPU: the page faults of a newly mapped block), which every provider pays."
+    "parameters read and their gradients written; fwd+bwd is the sum. copy GB/s = x.clone()-style copies "
+    "of the same number of bytes, in blocks of the activation's size, measured in the same run; they "
+    "allocate their outputs as every provider does. copy_into GB/s = the same copies into existing "
+    "tensors. Their gap is the cost of a fresh output (on a CPU: the page faults of a newly mapped "
+    "block), which every provider pays."
 )
 
 
@@ -217,12 +218,26 @@ def check(case: C.Case, runner: _Runner, pass_name: str) -> Tuple[bool, float, s
     return not notes, worst, "; ".join(notes)
 
 
-def copy_fns(device: str, nbytes: int) -> List[Callable[[], object]]:
-    """Two copies that move ``nbytes`` (read half, write half): a clone, which allocates its output as
-    the providers do (the measured bandwidth limit), and a copy into an existing tensor."""
-    src = torch.empty(max(nbytes // 2, 1), dtype=torch.uint8, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    return [src.clone, lambda: dst.copy_(src)]
+def copy_fns(device: str, nbytes: int, block_bytes: int) -> List[Callable[[], object]]:
+    """Two copies that move ``nbytes`` (read half, write half) in blocks of the op's activation size: a
+    clone, which allocates each output block as the providers allocate theirs, and a copy into existing
+    tensors. The block size matters on a CPU: glibc serves blocks up to 32 MB from its heap but maps
+    larger ones afresh, page faults included, so one clone of ``nbytes / 2`` would pay a different
+    allocation cost than an op whose outputs are activation-sized."""
+    half = max(nbytes // 2, 1)
+    block = max(1, min(block_bytes, half))
+    sizes = [block] * (half // block) + ([half % block] if half % block else [])
+    sources = [torch.empty(size, dtype=torch.uint8, device=device).fill_(1) for size in sizes]
+    targets = [torch.empty_like(src) for src in sources]
+
+    def clone() -> List[Tensor]:
+        return [src.clone() for src in sources]
+
+    def copy_into() -> None:
+        for dst, src in zip(targets, sources):
+            dst.copy_(src)
+
+    return [clone, copy_into]
 
 
 def _first_line(e: Exception) -> str:
@@ -342,7 +357,7 @@ def run(
             if not timed:
                 continue
             timings = time_calls(
-                copy_fns(config.device, nbytes) + [fn for _, fn, _ in timed],
+                copy_fns(config.device, nbytes, C.activation_bytes(case)) + [fn for _, fn, _ in timed],
                 config.device,
                 bytes_moved=nbytes,
                 min_time_s=config.min_time_s,
