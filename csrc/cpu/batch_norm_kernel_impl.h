@@ -35,11 +35,6 @@ constexpr int64_t kGrainElements = 1 << 15;
 constexpr int64_t kSumChunk = 1024;
 constexpr int64_t kRowFlush = 256;
 
-template <typename acc_t>
-acc_t reduce_lanes(const Vectorized<acc_t>& v) {
-  return at::vec::vec_reduce_all<acc_t>([](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, v);
-}
-
 // The plane reductions below read the stored dtype directly and widen in registers (load_pair), so
 // reduced-precision planes cost no conversion pass through a buffer. Each keeps at least four
 // independent accumulation chains: with one, the loop waits on the add/FMA latency instead of

@@ -57,11 +57,6 @@ constexpr int64_t kInnerChunk = 1024;
 // Elements per parallel work item in the elementwise passes.
 constexpr int64_t kGrainElements = 1 << 15;
 
-template <typename acc_t>
-acc_t reduce_lanes(const Vectorized<acc_t>& v) {
-  return at::vec::vec_reduce_all<acc_t>([](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, v);
-}
-
 // sum(p - origin)
 template <typename acc_t, typename in_t>
 acc_t span_sum_dev(const in_t* p, int64_t n, acc_t origin) {

@@ -43,11 +43,6 @@ constexpr int64_t kGrainElements = 1 << 15;
 // end of a row has a scalar tail.
 constexpr int64_t kSumChunk = 1024;
 
-template <typename acc_t>
-acc_t reduce_lanes(const Vectorized<acc_t>& v) {
-  return at::vec::vec_reduce_all<acc_t>([](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, v);
-}
-
 // Two sums over [0, n), closed every kSumChunk elements. pair_step(i, a_lo, a_hi, b_lo, b_hi) adds
 // the terms of elements [i, i + kPairLanes) to the vector accumulators of sums a and b;
 // scalar_step(i, a, b) adds element i's terms (the row's tail). The accumulators are named locals,

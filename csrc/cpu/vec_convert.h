@@ -1,7 +1,7 @@
 #pragma once
-// Conversions between a storage dtype and the accumulation type for the per-ISA kernel
-// implementations. Like them, it is compiled once per instruction set, so the helpers live in that
-// ISA's namespace with internal linkage.
+// Vector helpers of the per-ISA kernel implementations: conversions between a storage dtype and the
+// accumulation type, lane sums and streaming stores. Like the kernels, it is compiled once per
+// instruction set, so the helpers live in that ISA's namespace with internal linkage.
 
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -37,24 +37,11 @@ void widen(const src_t* src, acc_t* dst, int64_t n) {
   }
 }
 
-template <typename acc_t, typename dst_t>
-void narrow(const acc_t* src, dst_t* dst, int64_t n) {
-  if constexpr (std::is_same_v<acc_t, dst_t>) {
-    std::copy(src, src + n, dst);
-  } else {
-    at::vec::convert(src, dst, n);
-  }
-}
-
-// The data as acc_t: the pointer itself when no conversion is needed, else `buf` filled from it.
-template <typename src_t, typename acc_t>
-const acc_t* as_acc(const src_t* src, acc_t* buf, int64_t n) {
-  if constexpr (std::is_same_v<src_t, acc_t>) {
-    return src;
-  } else {
-    widen(src, buf, n);
-    return buf;
-  }
+// The sum of a vector's lanes.
+template <typename acc_t>
+acc_t reduce_lanes(const at::vec::Vectorized<acc_t>& v) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, v);
 }
 
 // kPairLanes elements, i.e. two acc_t vectors' worth, loaded from src_t and widened. Row loops step
