@@ -505,34 +505,53 @@ void plane_grad_input(const in_t* dy, const acc_t* dz_cache, const in_t* x, in_t
   }
 }
 
+// x_hat and dz at channels [c, c + kPairLanes) of a channels-last row, with per-channel mu, r, w, b:
+// what both passes of the channels-last backward recompute from x and dy.
+template <typename acc_t>
+struct XhatDzPair {
+  Vectorized<acc_t> xh0, xh1, dz0, dz1;
+};
+
+template <bool kSilu, typename in_t, typename acc_t>
+XhatDzPair<acc_t> xhat_dz_pair(const in_t* dy, const in_t* x, const acc_t* mu, const acc_t* r, const acc_t* w,
+                               const acc_t* b, int64_t c) {
+  const auto [g0, g1] = load_pair<acc_t>(dy + c);
+  const auto [x0, x1] = load_pair<acc_t>(x + c);
+  const auto [m0, m1] = load_pair<acc_t>(mu + c);
+  const auto [r0, r1] = load_pair<acc_t>(r + c);
+  const Vectorized<acc_t> xh0 = (x0 - m0) * r0, xh1 = (x1 - m1) * r1;
+  if constexpr (kSilu) {
+    const auto [w0, w1] = load_pair<acc_t>(w + c);
+    const auto [b0, b1] = load_pair<acc_t>(b + c);
+    return {xh0, xh1, dz_of<kSilu>(g0, xh0, w0, b0), dz_of<kSilu>(g1, xh1, w1, b1)};
+  } else {
+    return {xh0, xh1, g0, g1};
+  }
+}
+
+// The same for channel c alone (the row's tail): (x_hat, dz).
+template <bool kSilu, typename in_t, typename acc_t>
+std::pair<acc_t, acc_t> xhat_dz_at(const in_t* dy, const in_t* x, const acc_t* mu, const acc_t* r, const acc_t* w,
+                                   const acc_t* b, int64_t c) {
+  const acc_t xhat = (static_cast<acc_t>(x[c]) - mu[c]) * r[c];
+  return {xhat, dz_of<kSilu>(static_cast<acc_t>(dy[c]), xhat, w[c], b[c])};
+}
+
 // acc_dz[c] += dz, acc_dz_xhat[c] += dz * xhat over a channels-last row, with per-channel mu, r, w, b.
 template <bool kSilu, typename in_t, typename acc_t>
 void row_dz_sums(const in_t* dy, const in_t* x, int64_t C, const acc_t* mu, const acc_t* r, const acc_t* w,
                  const acc_t* b, acc_t* acc_dz, acc_t* acc_dz_xhat) {
-  using Vec = Vectorized<acc_t>;
   constexpr int64_t kStep = kPairLanes<acc_t>;
   int64_t c = 0;
   for (; c + kStep <= C; c += kStep) {
-    const auto [g0, g1] = load_pair<acc_t>(dy + c);
-    const auto [x0, x1] = load_pair<acc_t>(x + c);
-    const auto [m0, m1] = load_pair<acc_t>(mu + c);
-    const auto [r0, r1] = load_pair<acc_t>(r + c);
-    const Vec xh0 = (x0 - m0) * r0, xh1 = (x1 - m1) * r1;
-    Vec dz0 = g0, dz1 = g1;
-    if constexpr (kSilu) {
-      const auto [w0, w1] = load_pair<acc_t>(w + c);
-      const auto [b0, b1] = load_pair<acc_t>(b + c);
-      dz0 = dz_of<kSilu>(g0, xh0, w0, b0);
-      dz1 = dz_of<kSilu>(g1, xh1, w1, b1);
-    }
+    const auto [xh0, xh1, dz0, dz1] = xhat_dz_pair<kSilu>(dy, x, mu, r, w, b, c);
     const auto [s0, s1] = load_pair<acc_t>(acc_dz + c);
     const auto [q0, q1] = load_pair<acc_t>(acc_dz_xhat + c);
     store_pair(acc_dz + c, s0 + dz0, s1 + dz1);
     store_pair(acc_dz_xhat + c, at::vec::fmadd(dz0, xh0, q0), at::vec::fmadd(dz1, xh1, q1));
   }
   for (; c < C; ++c) {
-    const acc_t xhat = (static_cast<acc_t>(x[c]) - mu[c]) * r[c];
-    const acc_t dz = dz_of<kSilu>(static_cast<acc_t>(dy[c]), xhat, w[c], b[c]);
+    const auto [xhat, dz] = xhat_dz_at<kSilu>(dy, x, mu, r, w, b, c);
     acc_dz[c] += dz;
     acc_dz_xhat[c] += dz * xhat;
   }
@@ -542,29 +561,18 @@ void row_dz_sums(const in_t* dy, const in_t* x, int64_t C, const acc_t* mu, cons
 template <bool kSilu, typename in_t, typename acc_t>
 void row_grad_input(const in_t* dy, const in_t* x, in_t* dx, int64_t C, const acc_t* mu, const acc_t* r, const acc_t* w,
                     const acc_t* b, const acc_t* coef_dz, const acc_t* coef_xhat) {
-  using Vec = Vectorized<acc_t>;
   constexpr int64_t kStep = kPairLanes<acc_t>;
   int64_t c = 0;
   for (; c + kStep <= C; c += kStep) {
-    const auto [g0, g1] = load_pair<acc_t>(dy + c);
-    const auto [x0, x1] = load_pair<acc_t>(x + c);
-    const auto [m0, m1] = load_pair<acc_t>(mu + c);
+    const auto [xh0, xh1, dz0, dz1] = xhat_dz_pair<kSilu>(dy, x, mu, r, w, b, c);
     const auto [r0, r1] = load_pair<acc_t>(r + c);
     const auto [w0, w1] = load_pair<acc_t>(w + c);
     const auto [k0, k1] = load_pair<acc_t>(coef_dz + c);
     const auto [h0, h1] = load_pair<acc_t>(coef_xhat + c);
-    const Vec xh0 = (x0 - m0) * r0, xh1 = (x1 - m1) * r1;
-    Vec dz0 = g0, dz1 = g1;
-    if constexpr (kSilu) {
-      const auto [b0, b1] = load_pair<acc_t>(b + c);
-      dz0 = dz_of<kSilu>(g0, xh0, w0, b0);
-      dz1 = dz_of<kSilu>(g1, xh1, w1, b1);
-    }
     store_pair(dx + c, r0 * (dz0 * w0 - k0 - xh0 * h0), r1 * (dz1 * w1 - k1 - xh1 * h1));
   }
   for (; c < C; ++c) {
-    const acc_t xhat = (static_cast<acc_t>(x[c]) - mu[c]) * r[c];
-    const acc_t dz = dz_of<kSilu>(static_cast<acc_t>(dy[c]), xhat, w[c], b[c]);
+    const auto [xhat, dz] = xhat_dz_at<kSilu>(dy, x, mu, r, w, b, c);
     dx[c] = static_cast<in_t>(r[c] * (dz * w[c] - coef_dz[c] - xhat * coef_xhat[c]));
   }
 }

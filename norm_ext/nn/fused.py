@@ -24,17 +24,8 @@ from .normalization import LayerNorm, RMSNorm
 __all__ = ["AddLayerNorm", "AddRMSNorm"]
 
 
-def _stream(input: Tensor, residual_dtype: torch.dtype | None) -> Tensor:
-    return input if residual_dtype is None else input.to(residual_dtype)
-
-
-class AddLayerNorm(LayerNorm):
-    """``forward(input, residual=None) -> (layer_norm(h), h)`` with ``h = input + residual``.
-
-    ``residual_dtype`` (keyword-only) stores ``h`` in that dtype, e.g. float32 for a bf16 model with
-    an fp32 residual stream; by default ``h`` has the residual's dtype. With ``residual=None`` the
-    stream starts at ``input``. Other options as :class:`norm_ext.nn.LayerNorm`.
-    """
+class _AddNorm:
+    """The residual step of both fused modules; each names its fused functional in ``_add_norm``."""
 
     def __init__(self, *args, residual_dtype: torch.dtype | None = None, **kwargs) -> None:
         self.residual_dtype = residual_dtype
@@ -42,7 +33,20 @@ class AddLayerNorm(LayerNorm):
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tuple[Tensor, Tensor]:
         if residual is None:
-            return super().forward(input), _stream(input, self.residual_dtype)
+            stream = input if self.residual_dtype is None else input.to(self.residual_dtype)
+            return super().forward(input), stream
+        return self._add_norm(input, residual)
+
+
+class AddLayerNorm(_AddNorm, LayerNorm):
+    """``forward(input, residual=None) -> (layer_norm(h), h)`` with ``h = input + residual``.
+
+    ``residual_dtype`` (keyword-only) stores ``h`` in that dtype, e.g. float32 for a bf16 model with
+    an fp32 residual stream; by default ``h`` has the residual's dtype. With ``residual=None`` the
+    stream starts at ``input``. Other options as :class:`norm_ext.nn.LayerNorm`.
+    """
+
+    def _add_norm(self, input: Tensor, residual: Tensor) -> Tuple[Tensor, Tensor]:
         return F.add_layer_norm(
             input,
             residual,
@@ -56,17 +60,11 @@ class AddLayerNorm(LayerNorm):
         )
 
 
-class AddRMSNorm(RMSNorm):
+class AddRMSNorm(_AddNorm, RMSNorm):
     """``forward(input, residual=None) -> (rms_norm(h), h)`` with ``h = input + residual``.
     Options as :class:`AddLayerNorm`."""
 
-    def __init__(self, *args, residual_dtype: torch.dtype | None = None, **kwargs) -> None:
-        self.residual_dtype = residual_dtype
-        super().__init__(*args, **kwargs)
-
-    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tuple[Tensor, Tensor]:
-        if residual is None:
-            return super().forward(input), _stream(input, self.residual_dtype)
+    def _add_norm(self, input: Tensor, residual: Tensor) -> Tuple[Tensor, Tensor]:
         return F.add_rms_norm(
             input,
             residual,
