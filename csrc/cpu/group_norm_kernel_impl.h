@@ -5,8 +5,11 @@
 // Contiguous (NCHW) input whose groups fit in L2 (kFusedGroupElements) is processed one (n, g) group
 // per work item: the forward (statistics, then output) or the backward (per-channel sums of dz and
 // dz * xhat, group means, grad_input) runs on the group while it is in L2, so DRAM sees x (and dy)
-// once. With the fused SiLU the backward caches dz, so its exp is evaluated once per element.
-// Channels-last input keeps the two-pass backward, which evaluates the SiLU's exp in both passes.
+// once. Those later passes leave DRAM idle, so they pull the work item's next group into L2. With
+// the fused SiLU the backward caches dz, so its exp is evaluated once per element. The channels-last
+// forward likewise takes one sample per work item when a sample fits in a thread's share of the
+// last-level cache and the batch spreads evenly over the threads (use_fused_samples). The
+// channels-last backward is two passes, and evaluates the SiLU's exp in both.
 //
 // Otherwise the structure mirrors the CUDA kernels: the forward is one statistics pass and one
 // output pass, the backward one reduction pass (per-(n, c) sums) and one pass computing grad_input.
@@ -199,14 +202,16 @@ acc_t dz_of(acc_t dy, acc_t xhat, acc_t w, acc_t b) {
 // ----- forward -------------------------------------------------------------------------------------
 
 // y = act(((x - origin) - mu) * scale + shift) over one channel's plane; mu is relative to `origin`
-// (zero when it is absolute).
+// (zero when it is absolute). With `next`, the n elements there are pulled into L2 meanwhile.
 template <bool kSilu, typename in_t, typename acc_t>
-void normalize_plane(const in_t* x, in_t* y, int64_t n, acc_t origin, acc_t mu, acc_t scale, acc_t shift) {
+void normalize_plane(const in_t* x, in_t* y, int64_t n, acc_t origin, acc_t mu, acc_t scale, acc_t shift,
+                     const in_t* next) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec vo(origin), vmu(mu), vs(scale), vt(shift);
   int64_t i = 0;
   for (; i + kStep <= n; i += kStep) {
+    if (next) prefetch_l2(next + i);
     const auto [x0, x1] = load_pair<acc_t>(x + i);
     store_pair(y + i, activate<kSilu>(at::vec::fmadd((x0 - vo) - vmu, vs, vt)),
                activate<kSilu>(at::vec::fmadd((x1 - vo) - vmu, vs, vt)));
@@ -239,7 +244,7 @@ constexpr int64_t kStatsRows = 4;
 // acc[c] += sum over `rows` (<= kStatsRows) consecutive channels-last rows of x[r][c] - shift[c];
 // each channel still adds its rows in order.
 template <typename in_t, typename acc_t>
-void rows_add_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, acc_t* acc) {
+C10_ALWAYS_INLINE void rows_add_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, acc_t* acc) {
   constexpr int64_t kStep = kPairLanes<acc_t>;
   int64_t c = 0;
   for (; c + kStep <= C; c += kStep) {
@@ -261,7 +266,8 @@ void rows_add_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, ac
 
 // acc[c] += sum over `rows` (<= kStatsRows) rows of ((x[r][c] - shift[c]) - mean[c])^2.
 template <typename in_t, typename acc_t>
-void rows_add_sq_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, const acc_t* mean, acc_t* acc) {
+C10_ALWAYS_INLINE void rows_add_sq_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, const acc_t* mean,
+                                       acc_t* acc) {
   constexpr int64_t kStep = kPairLanes<acc_t>;
   int64_t c = 0;
   for (; c + kStep <= C; c += kStep) {
@@ -283,6 +289,59 @@ void rows_add_sq_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift,
       a += d * d;
     }
     acc[c] = a;
+  }
+}
+
+template <typename acc_t>
+acc_t group_rstd(const WelfordState<acc_t>& st, acc_t eps) {
+  return acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + eps);
+}
+
+// The first element of each group of sample n of a channels-last input, broadcast over its
+// channels: the shift the group's statistics are accumulated relative to.
+template <typename in_t, typename acc_t>
+void channels_last_group_shifts(const in_t* sample, const GroupNormShape& s, acc_t* channel_shift) {
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const int64_t c0 = g * s.channels_per_group;
+    std::fill(channel_shift + c0, channel_shift + c0 + s.channels_per_group, static_cast<acc_t>(sample[c0]));
+  }
+}
+
+// The partial state of every group over one block of `rows` channels-last rows (contiguous):
+// per-channel sums, group means, then per-channel squared deviations, the block (kStatsChunk
+// elements) being read the second time from L2. Meanwhile `next` (rows * C elements, or null), the
+// block processed next, is pulled into L2. out[g * out_stride] receives group g's state relative to
+// its shift; channel_acc and channel_mean are C-element scratch.
+template <typename in_t, typename acc_t>
+void channels_last_block_stats(const in_t* block, int64_t rows, const GroupNormShape& s, const acc_t* channel_shift,
+                               const in_t* next, acc_t* channel_acc, acc_t* channel_mean, WelfordState<acc_t>* out,
+                               int64_t out_stride) {
+  const int64_t C = s.c, D = s.channels_per_group;
+  const acc_t count = static_cast<acc_t>(rows * D);
+  std::fill(channel_acc, channel_acc + C, acc_t(0));
+  // Full sweeps pass kStatsRows as a constant, so that the inlined row loop is unrolled.
+  int64_t r = 0;
+  for (; r + kStatsRows <= rows; r += kStatsRows)
+    rows_add_dev(block + r * C, kStatsRows, C, channel_shift, channel_acc);
+  if (r < rows) rows_add_dev(block + r * C, rows - r, C, channel_shift, channel_acc);
+  for (int64_t g = 0; g < s.groups; ++g) {
+    acc_t sum = 0;
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) sum += channel_acc[c];
+    std::fill(channel_mean + g * D, channel_mean + (g + 1) * D, sum / count);
+  }
+  std::fill(channel_acc, channel_acc + C, acc_t(0));
+  for (r = 0; r + kStatsRows <= rows; r += kStatsRows) {
+    if (next) prefetch_l2_span(next + r * C, kStatsRows * C);
+    rows_add_sq_dev(block + r * C, kStatsRows, C, channel_shift, channel_mean, channel_acc);
+  }
+  if (r < rows) {
+    if (next) prefetch_l2_span(next + r * C, (rows - r) * C);
+    rows_add_sq_dev(block + r * C, rows - r, C, channel_shift, channel_mean, channel_acc);
+  }
+  for (int64_t g = 0; g < s.groups; ++g) {
+    acc_t m2 = 0;
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) m2 += channel_acc[c];
+    out[g * out_stride] = {count, channel_mean[g * D], m2};
   }
 }
 
@@ -316,9 +375,8 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
       }
     });
   } else {
-    // Rows of C channels; a work item takes a block of rows of one sample and produces the partial
-    // state of every group: per-channel sums, group means, then per-channel squared deviations (the
-    // block, kStatsChunk elements, is read the second time from L2).
+    // Rows of C channels; a work item takes a block of rows of one sample. Consecutive items' blocks
+    // are contiguous (the following rows, or the next sample's first ones).
     const int64_t rows_per_chunk = std::max<int64_t>(1, kStatsChunk / s.c);
     chunks = (s.hw + rows_per_chunk - 1) / rows_per_chunk;
     partials.resize(ng * chunks);
@@ -329,38 +387,13 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
       WelfordState<acc_t>* const part = partials.data();
       std::vector<acc_t> channel_acc(sh.c), channel_mean(sh.c), channel_shift(sh.c);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t n = item / nchunks;
-        const int64_t chunk = item % nchunks;
-        const int64_t row_begin = chunk * rows_per;
-        const int64_t row_end = std::min(sh.hw, row_begin + rows_per);
-        const in_t* base = xp + n * sh.hw * sh.c;
-        for (int64_t g = 0; g < sh.groups; ++g) {
-          std::fill(channel_shift.begin() + g * sh.channels_per_group,
-                    channel_shift.begin() + (g + 1) * sh.channels_per_group, shifts[n * sh.groups + g]);
-        }
-        const acc_t count = static_cast<acc_t>((row_end - row_begin) * sh.channels_per_group);
-        std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
-        for (int64_t r = row_begin; r < row_end; r += kStatsRows) {
-          rows_add_dev(base + r * sh.c, std::min(kStatsRows, row_end - r), sh.c, channel_shift.data(),
-                       channel_acc.data());
-        }
-        for (int64_t g = 0; g < sh.groups; ++g) {
-          const int64_t c0 = g * sh.channels_per_group;
-          acc_t sum = 0;
-          for (int64_t c = c0; c < c0 + sh.channels_per_group; ++c) sum += channel_acc[c];
-          std::fill(channel_mean.begin() + c0, channel_mean.begin() + c0 + sh.channels_per_group, sum / count);
-        }
-        std::fill(channel_acc.begin(), channel_acc.end(), acc_t(0));
-        for (int64_t r = row_begin; r < row_end; r += kStatsRows) {
-          rows_add_sq_dev(base + r * sh.c, std::min(kStatsRows, row_end - r), sh.c, channel_shift.data(),
-                          channel_mean.data(), channel_acc.data());
-        }
-        for (int64_t g = 0; g < sh.groups; ++g) {
-          const int64_t c0 = g * sh.channels_per_group;
-          acc_t m2 = 0;
-          for (int64_t c = c0; c < c0 + sh.channels_per_group; ++c) m2 += channel_acc[c];
-          part[(n * sh.groups + g) * nchunks + chunk] = {count, channel_mean[c0], m2};
-        }
+        const int64_t n = item / nchunks, chunk = item % nchunks;
+        const int64_t row_begin = chunk * rows_per, row_end = std::min(sh.hw, row_begin + rows_per);
+        const in_t* sample = xp + n * sh.hw * sh.c;
+        channels_last_group_shifts(sample, sh, channel_shift.data());
+        channels_last_block_stats(sample + row_begin * sh.c, row_end - row_begin, sh, channel_shift.data(),
+                                  item + 1 < end ? sample + row_end * sh.c : nullptr, channel_acc.data(),
+                                  channel_mean.data(), part + n * sh.groups * nchunks + chunk, nchunks);
       }
     });
   }
@@ -368,7 +401,7 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
     WelfordState<acc_t> st = welford_init<acc_t>();
     for (int64_t chunk = 0; chunk < chunks; ++chunk) st = welford_merge(st, partials[group * chunks + chunk]);
     mean[group] = shifts[group] + st.mean;
-    rstd[group] = acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + static_cast<acc_t>(eps));
+    rstd[group] = group_rstd(st, static_cast<acc_t>(eps));
   }
 }
 
@@ -386,7 +419,7 @@ void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const
       const int64_t C = s.c, hw = s.hw;
       for (int64_t plane = begin; plane < end; ++plane) {
         normalize_plane<kSilu>(xp + plane * hw, yp + plane * hw, hw, acc_t(0), mu[plane], scale[plane],
-                               shift[plane % C]);
+                               shift[plane % C], static_cast<const in_t*>(nullptr));
       }
     });
   } else {
@@ -421,14 +454,63 @@ void group_norm_fused_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& 
       in_t* gy = yp + group * len;
       const acc_t shift = static_cast<acc_t>(gx[0]);
       const WelfordState<acc_t> st = contiguous_span_stats(gx, len, shift);
-      const acc_t group_rstd = acc_t(1) / std::sqrt(std::max(st.m2 / st.count, acc_t(0)) + acc_eps);
+      const acc_t r = group_rstd(st, acc_eps);
       mean_out[group] = shift + st.mean;
-      rstd_out[group] = group_rstd;
+      rstd_out[group] = r;
       const int64_t c0 = (group % G) * D;
+      const in_t* next_group = group + 1 < end ? gx + len : nullptr;
       for (int64_t d = 0; d < D; ++d) {
         const int64_t c = c0 + d;
-        normalize_plane<kSilu>(gx + d * hw, gy + d * hw, hw, shift, st.mean, group_rstd * param_or(wp, c, acc_t(1)),
-                               param_or(bp, c, acc_t(0)));
+        normalize_plane<kSilu>(gx + d * hw, gy + d * hw, hw, shift, st.mean, r * param_or(wp, c, acc_t(1)),
+                               param_or(bp, c, acc_t(0)), next_group ? next_group + d * hw : nullptr);
+      }
+    }
+  });
+}
+
+// The forward on channels-last input, one sample per work item: the statistics by blocks of rows
+// (merged in the same order as group_stats_cpu's), then the output while the sample is still in
+// the cache (see use_fused_samples), instead of reading it from DRAM a second time.
+template <bool kSilu, typename in_t, typename acc_t>
+void group_norm_fused_channels_last_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& s, double eps,
+                                                const acc_t* w, const acc_t* b, acc_t* mean, acc_t* rstd) {
+  const std::vector<acc_t> shift_c = materialize_param(b, s.c, acc_t(0));
+  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    const GroupNormShape sh = s;
+    const in_t* const xp = x;
+    in_t* const yp = y;
+    const acc_t* const wp = w;
+    const acc_t* const shift = shift_c.data();
+    acc_t *const mean_out = mean, *const rstd_out = rstd;
+    const int64_t C = sh.c, G = sh.groups, D = sh.channels_per_group, hw = sh.hw;
+    const int64_t rows_per_block = std::max<int64_t>(1, kStatsChunk / C);
+    const acc_t acc_eps = static_cast<acc_t>(eps);
+    std::vector<acc_t> channel_acc(C), channel_mean(C), channel_shift(C), mu_c(C), scale_c(C);
+    std::vector<WelfordState<acc_t>> block_states(G), totals(G);
+    for (int64_t n = begin; n < end; ++n) {
+      const in_t* sample = xp + n * hw * C;
+      in_t* out = yp + n * hw * C;
+      channels_last_group_shifts(sample, sh, channel_shift.data());
+      std::fill(totals.begin(), totals.end(), welford_init<acc_t>());
+      for (int64_t row = 0; row < hw; row += rows_per_block) {
+        const int64_t rows = std::min(rows_per_block, hw - row);
+        const bool has_next = row + rows < hw;
+        channels_last_block_stats(sample + row * C, rows, sh, channel_shift.data(),
+                                  has_next ? sample + (row + rows) * C : nullptr, channel_acc.data(),
+                                  channel_mean.data(), block_states.data(), 1);
+        for (int64_t g = 0; g < G; ++g) totals[g] = welford_merge(totals[g], block_states[g]);
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const acc_t m = channel_shift[g * D] + totals[g].mean, r = group_rstd(totals[g], acc_eps);
+        mean_out[n * G + g] = m;
+        rstd_out[n * G + g] = r;
+        for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+          mu_c[c] = m;
+          scale_c[c] = r * param_or(wp, c, acc_t(1));
+        }
+      }
+      for (int64_t row = 0; row < hw; ++row) {
+        normalize_row<kSilu>(sample + row * C, out + row * C, C, mu_c.data(), scale_c.data(), shift);
       }
     }
   });
@@ -476,10 +558,11 @@ std::pair<acc_t, acc_t> plane_dz_sums(const in_t* dy, const in_t* x, int64_t n, 
 }
 
 // dx = r * (dz * w - mean_dz - xhat * mean_dz_xhat) over one channel's plane; dz is read from
-// dz_cache (kCached) or recomputed from dy.
+// dz_cache (kCached) or recomputed from dy. With next_offset (0 for none), the n elements of x and dy
+// that far ahead are pulled into L2 meanwhile.
 template <bool kSilu, bool kCached, typename in_t, typename acc_t>
 void plane_grad_input(const in_t* dy, const acc_t* dz_cache, const in_t* x, in_t* dx, int64_t n, acc_t mu, acc_t r,
-                      acc_t w, acc_t b, acc_t mean_dz, acc_t mean_dz_xhat) {
+                      acc_t w, acc_t b, acc_t mean_dz, acc_t mean_dz_xhat, int64_t next_offset) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec vmu(mu), vr(r), vw(w), vb(b), vmdz(mean_dz), vmdzx(mean_dz_xhat);
@@ -493,6 +576,10 @@ void plane_grad_input(const in_t* dy, const acc_t* dz_cache, const in_t* x, in_t
   };
   int64_t i = 0;
   for (; i + kStep <= n; i += kStep) {
+    if (next_offset != 0) {
+      prefetch_l2(x + next_offset + i);
+      prefetch_l2(dy + next_offset + i);
+    }
     const auto [x0, x1] = load_pair<acc_t>(x + i);
     const Vec xh0 = (x0 - vmu) * vr, xh1 = (x1 - vmu) * vr;
     const auto [dz0, dz1] = dz_at(i, xh0, xh1);
@@ -695,7 +782,7 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % C, off = plane * hw;
         plane_grad_input<kSilu, false>(gp + off, static_cast<const acc_t*>(nullptr), xp + off, dxp + off, hw, mu[plane],
-                                       r[plane], wp[c], bp[c], cdz[plane], cx[plane]);
+                                       r[plane], wp[c], bp[c], cdz[plane], cx[plane], 0);
       }
     });
   } else {
@@ -742,10 +829,12 @@ void group_norm_fused_backward_cpu(const in_t* dy, const in_t* x, in_t* dx, cons
         out_dz_xhat[n * sh.c + c] = total_dz_xhat;
       }
       const auto [mean_dz, mean_dz_xhat] = group_grad_means(sh, out_dz, out_dz_xhat, wp, n, g);
+      const int64_t next_offset = group + 1 < end ? len : 0;
       for (int64_t d = 0; d < D; ++d) {
         const int64_t c = c0 + d, off = offset + d * hw;
         plane_grad_input<kSilu, kSilu>(gp + off, dz_cache.data() + d * hw, xp + off, dxp + off, hw, mu, r,
-                                       param_or(wp, c, acc_t(1)), param_or(bp, c, acc_t(0)), mean_dz, mean_dz_xhat);
+                                       param_or(wp, c, acc_t(1)), param_or(bp, c, acc_t(0)), mean_dz, mean_dz_xhat,
+                                       next_offset);
       }
     }
   });
@@ -765,6 +854,14 @@ std::vector<acc_t> expand_to_channels(const acc_t* per_group, const GroupNormSha
 
 bool use_fused_groups(const GroupNormShape& s) {
   return !s.channels_last && s.channels_per_group * s.hw <= kFusedGroupElements;
+}
+
+// Channels-last forward one sample per work item: when the samples spread evenly enough over the
+// threads, and each thread's sample fits in its share of the last-level cache.
+bool use_fused_samples(const GroupNormShape& s, int64_t element_bytes) {
+  const int64_t threads = at::get_num_threads();
+  return s.channels_last && s.n >= threads && (s.n % threads == 0 || s.n >= 4 * threads) &&
+         s.hw * s.c * element_bytes <= last_level_cache_bytes() / threads;
 }
 
 // f(std::bool_constant<silu>{}): the kernels take the fused SiLU as a template flag.
@@ -793,6 +890,10 @@ void group_norm_fwd(const GroupNormFwdArgs& a) {
       constexpr bool kSilu = decltype(silu)::value;
       if (use_fused_groups(s)) {
         group_norm_fused_forward_cpu<kSilu, scalar_t, acc_t>(x, y, s, a.eps, w, b, mean, rstd);
+        return;
+      }
+      if (use_fused_samples(s, sizeof(scalar_t))) {
+        group_norm_fused_channels_last_forward_cpu<kSilu, scalar_t, acc_t>(x, y, s, a.eps, w, b, mean, rstd);
         return;
       }
       group_stats_cpu<scalar_t, acc_t>(x, s, a.eps, mean, rstd);

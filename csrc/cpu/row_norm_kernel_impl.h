@@ -90,13 +90,6 @@ void write_row(out_t* out, int64_t n, bool stream, const PairValue& pair_value, 
   for (; i < n; ++i) out[i] = static_cast<out_t>(scalar_value(i));
 }
 
-// A row's later passes run from L1/L2 and leave DRAM idle; their last pass therefore pulls the next
-// row of the same work item into L2, so that its first pass does not wait for DRAM.
-template <typename T>
-inline void prefetch_l2(const T* p) {
-  __builtin_prefetch(p, 0, 2);
-}
-
 // One row of the forward. h is the row to normalise: the input itself, or the residual stream that
 // the first pass writes (x + residual rounded to h_t, so the backward, which re-reads the stored h,
 // differentiates exactly the function the forward computed). w and b are never null.

@@ -50,11 +50,26 @@ acc_t reduce_lanes(const at::vec::Vectorized<acc_t>& v) {
 template <typename acc_t>
 constexpr int64_t kPairLanes = 2 * at::vec::Vectorized<acc_t>::size();
 
+// On AVX2 the 16-bit conversions are spelled with ATen's raw-register helpers: going through
+// convert_to_float / convert_from_float (which return a tuple of Vectorized) left GCC storing every
+// converted vector to the stack and never reading it back, and in a loop bound by its output stores
+// those dead stores took store-buffer slots from the real ones.
 template <typename acc_t, typename src_t>
 inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> load_pair(const src_t* p) {
   using Vec = at::vec::Vectorized<acc_t>;
   if constexpr (std::is_same_v<src_t, acc_t>) {
     return {Vec::loadu(p), Vec::loadu(p + Vec::size())};
+#if defined(CPU_CAPABILITY_AVX2)
+  } else if constexpr (std::is_same_v<src_t, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    const auto* q = reinterpret_cast<const __m128i*>(p);
+    __m256 lo, hi;
+    at::vec::cvtbf16_fp32(_mm_loadu_si128(q), lo);
+    at::vec::cvtbf16_fp32(_mm_loadu_si128(q + 1), hi);
+    return {Vec(lo), Vec(hi)};
+  } else if constexpr (std::is_same_v<src_t, at::Half> && std::is_same_v<acc_t, float>) {
+    const auto* q = reinterpret_cast<const __m128i*>(p);
+    return {Vec(_mm256_cvtph_ps(_mm_loadu_si128(q))), Vec(_mm256_cvtph_ps(_mm_loadu_si128(q + 1)))};
+#endif
   } else if constexpr ((std::is_same_v<src_t, at::BFloat16> ||
                         std::is_same_v<src_t, at::Half>)&&std::is_same_v<acc_t, float>) {
     const auto [lo, hi] = at::vec::convert_to_float<src_t>(at::vec::Vectorized<src_t>::loadu(p));
@@ -72,6 +87,12 @@ inline void store_pair(dst_t* p, const at::vec::Vectorized<acc_t>& lo, const at:
   if constexpr (std::is_same_v<dst_t, acc_t>) {
     lo.store(p);
     hi.store(p + Vec::size());
+#if defined(CPU_CAPABILITY_AVX2)
+  } else if constexpr (std::is_same_v<dst_t, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(lo, hi));
+  } else if constexpr (std::is_same_v<dst_t, at::Half> && std::is_same_v<acc_t, float>) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_fp16(lo, hi));
+#endif
   } else if constexpr ((std::is_same_v<dst_t, at::BFloat16> ||
                         std::is_same_v<dst_t, at::Half>)&&std::is_same_v<acc_t, float>) {
     at::vec::convert_from_float<dst_t>(lo, hi).store(p);
@@ -96,6 +117,23 @@ inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> round_p
   }
 }
 
+// A kernel that reads a row (a group, a plane) from DRAM and then runs its later passes from L1/L2
+// leaves DRAM idle during those passes; their last pass therefore pulls the next row of the same
+// work item into L2, so that its first pass does not wait for DRAM.
+template <typename T>
+inline void prefetch_l2(const T* p) {
+  __builtin_prefetch(p, 0, 2);
+}
+
+// prefetch_l2 of every cache line of [p, p + n); for spans of a few KB at most, interleaved with
+// work, since a core keeps only a few dozen misses in flight and drops the prefetches beyond them.
+template <typename T>
+inline void prefetch_l2_span(const T* p, int64_t n) {
+  constexpr int64_t kLine = 64;
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < n * static_cast<int64_t>(sizeof(T)); off += kLine) prefetch_l2(bytes + off);
+}
+
 // Non-temporal stores, where this instruction set has them. A large output that nobody reads back
 // soon then goes to DRAM without first being read into the cache for ownership, which is a third of
 // the DRAM traffic of a kernel that reads x once and writes y once; glibc's memcpy does the same
@@ -108,22 +146,27 @@ constexpr bool kStreamingStores = false;
 constexpr int64_t kStreamAlignBytes = 1;
 #endif
 
-// Whether an output of `bytes` at p should be written with non-temporal stores. Only large outputs
-// qualify: the last-level cache could not keep them anyway. sysconf reports the whole package's L3,
-// but on chiplet CPUs a core sees only its own complex's share (a VM here reports 256 MiB for 32 MiB
-// per complex), hence the cap. And only memory that is already mapped in: a fresh allocation (torch's
-// CPU allocator maps large blocks anew on every call) is zeroed by the kernel page by page on first
-// touch, through the cache, so ordinary stores then hit lines that are already cached, whereas
-// streaming stores would have to evict those dirty lines first (measured: 10% slower than ordinary
-// stores there, 15% faster on reused memory).
-inline bool should_stream(const void* p, int64_t bytes) {
-  if (!kStreamingStores) return false;
-  static const int64_t threshold = [] {
+// The last-level cache one core can use. sysconf reports the whole package's L3, but on chiplet
+// CPUs a core sees only its own complex's share (a VM here reports 256 MiB for 32 MiB per complex),
+// hence the cap.
+inline int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
     constexpr int64_t kMiB = int64_t(1) << 20;
     const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
     return std::clamp<int64_t>(l3 > 0 ? static_cast<int64_t>(l3) : 32 * kMiB, 4 * kMiB, 32 * kMiB);
   }();
-  if (bytes < threshold) return false;
+  return bytes;
+}
+
+// Whether an output of `bytes` at p should be written with non-temporal stores. Only large outputs
+// qualify: the last-level cache could not keep them anyway. And only memory that is already mapped
+// in: a fresh allocation (torch's CPU allocator maps large blocks anew on every call) is zeroed by
+// the kernel page by page on first touch, through the cache, so ordinary stores then hit lines that
+// are already cached, whereas streaming stores would have to evict those dirty lines first
+// (measured: 10% slower than ordinary stores there, 15% faster on reused memory).
+inline bool should_stream(const void* p, int64_t bytes) {
+  if (!kStreamingStores) return false;
+  if (bytes < last_level_cache_bytes()) return false;
   static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   // The last page: an allocator that recycles a block has touched all of it, a fresh mapping none.
   const uintptr_t last = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes) - 1) & ~(page - 1);
@@ -152,10 +195,11 @@ inline void stream_pair(dst_t* p, const at::vec::Vectorized<acc_t>& lo, const at
     _mm256_stream_pd(p, lo);
     _mm256_stream_pd(p + 4, hi);
     return;
-  } else if constexpr ((std::is_same_v<dst_t, at::BFloat16> ||
-                        std::is_same_v<dst_t, at::Half>)&&std::is_same_v<acc_t, float>) {
-    const __m256i packed = at::vec::convert_from_float<dst_t>(lo, hi);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), packed);
+  } else if constexpr (std::is_same_v<dst_t, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(lo, hi));
+    return;
+  } else if constexpr (std::is_same_v<dst_t, at::Half> && std::is_same_v<acc_t, float>) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_fp16(lo, hi));
     return;
   }
 #endif
