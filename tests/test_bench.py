@@ -125,6 +125,22 @@ def test_bad_arguments_name_the_problem(capsys):
     assert "integers joined by 'x'" in capsys.readouterr().err
 
 
+def test_cpu_memory_reused_is_run_and_recorded(tmp_path):
+    # mallopt changes the whole process for good, hence a child process.
+    out = tmp_path / "out"
+    args = ["--ops", "rms_norm", "--sizes", "8x64", "--providers", "norm_ext,torch", "--no-plots"]
+    subprocess.run(
+        [sys.executable, "-m", "norm_ext.bench", *TINY, *args, "--cpu-memory", "reused", "--out", str(out)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    with open(out / "results.json") as f:
+        data = json.load(f)
+    assert data["meta"]["cpu_memory"] == "reused"
+    assert {r["status"] for r in data["results"]} == {"ok"}
+    _, fresh, _ = _run_cli(tmp_path, *args)
+    assert fresh["meta"]["cpu_memory"] == "fresh"
+
+
 def test_make_tables(tmp_path):
     args = ["--ops", "layer_norm,rms_norm", "--sizes", "8x64", "--providers", "norm_ext,torch", "--no-plots"]
     out, data, _ = _run_cli(tmp_path, *args)

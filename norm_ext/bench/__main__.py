@@ -14,6 +14,7 @@ from . import cases as C
 from . import report
 from .harness import DEFAULT_PROVIDERS, Config, run
 from .providers import PROVIDER_FACTORIES
+from .timing import keep_freed_memory
 
 DEFAULT_OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "batch_norm", "group_norm",
                "group_norm_silu", "instance_norm", "weight_norm")  # fmt: skip
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, help="maximum timed calls per measurement (default 200, quick 5)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default: 3 on a GPU, else 1)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, i.e. the cores available)")
+    p.add_argument(
+        "--cpu-memory",
+        choices=("fresh", "reused"),
+        default="fresh",
+        help="fresh (default): host memory as the allocator gives it, so large CPU outputs are new pages "
+        "that cost page faults on every call; reused: glibc keeps freed memory, so CPU timings are the "
+        "kernels alone",
+    )
     p.add_argument("--no-graph", action="store_true", help="GPU: never time through a CUDA graph")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument(
@@ -95,6 +104,11 @@ def main(argv: List[str] | None = None) -> int:
         args.device = args.device or sweep.get("device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_memory == "reused":
+        try:
+            keep_freed_memory()
+        except RuntimeError as e:
+            parser.error(str(e))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         sizes = [C.parse_size(s) for s in args.sizes] if args.sizes else None
@@ -113,6 +127,7 @@ def main(argv: List[str] | None = None) -> int:
         max_reps=args.reps if args.reps is not None else (5 if quick else 200),
         warmup=args.warmup if args.warmup is not None else (1 if quick or device == "cpu" else 3),
         use_graph=not args.no_graph,
+        cpu_memory=args.cpu_memory,
         argv=["python -m norm_ext.bench"] + list(sys.argv[1:] if argv is None else argv),
     )
     try:
@@ -129,8 +144,8 @@ def main(argv: List[str] | None = None) -> int:
             print("note: matplotlib is not installed, so no plots were drawn (pip install 'norm_ext[bench]')")
         else:
             written.append(f"{len(plots)} plots in {os.path.join(args.out, 'plots')}")
-    print(f"\n{meta['device_name']}, {meta['cpu_threads']} CPU threads, torch {meta['torch_version']}, "
-          f"norm_ext {meta['norm_ext_commit']}, {meta['date']}")  # fmt: skip
+    print(f"\n{meta['device_name']}, {meta['cpu_threads']} CPU threads ({meta['cpu_memory']} memory), "
+          f"torch {meta['torch_version']}, norm_ext {meta['norm_ext_commit']}, {meta['date']}")  # fmt: skip
     print(f"accounting: {meta['accounting']}")
     timed = [r for r in rows if r["copy_gbps"]]
     if timed:

@@ -52,6 +52,7 @@ class Config:
     max_reps: int = 200
     warmup: int = 3
     use_graph: bool = True
+    cpu_memory: str = "fresh"  # or "reused": see timing.keep_freed_memory
     show_progress: bool = True
     argv: List[str] = field(default_factory=lambda: list(sys.argv))
 
@@ -121,6 +122,7 @@ def metadata(config: Config) -> Dict[str, object]:
         "device": config.device,
         "device_name": device_name(config.device),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_memory": config.cpu_memory,
         "logical_cpus": os.cpu_count(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,

@@ -14,6 +14,7 @@ reaches all of them alike and the ratios stay meaningful.
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from dataclasses import dataclass
@@ -41,6 +42,30 @@ def _summarize(samples_ms: List[float], graph: bool = False) -> Timing:
     else:
         spread = samples_ms[-1] - samples_ms[0]
     return Timing(statistics.median(samples_ms), spread, len(samples_ms), graph)
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep and reuse freed memory for the rest of the process (``--cpu-memory reused``).
+
+    By default glibc maps every block over its mmap threshold afresh and unmaps it on free, so each
+    call's large outputs are new pages that the kernel zeroes on first touch: on a small VM that
+    costs several times the kernel itself, the same for every provider. With no mmap'd blocks and
+    no trimming, the allocator recycles the heap, and the timings are those of the kernels (the
+    effect of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` in the environment).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError) as e:
+        raise RuntimeError("--cpu-memory reused needs glibc's mallopt, which this process does not have") from e
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        raise RuntimeError("--cpu-memory reused: glibc's mallopt refused the settings")
 
 
 def time_cpu(fn: Callable[[], object], *, min_time_s: float, max_reps: int, warmup: int) -> Timing:
