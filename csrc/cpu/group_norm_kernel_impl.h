@@ -8,8 +8,8 @@
 // once. Those later passes leave DRAM idle, so they pull the work item's next group into L2. With
 // the fused SiLU the backward caches dz, so its exp is evaluated once per element. The channels-last
 // forward likewise takes one sample per work item when a sample fits in a thread's share of the
-// last-level cache and the batch spreads evenly over the threads (use_fused_samples). The
-// channels-last backward is two passes, and evaluates the SiLU's exp in both.
+// last-level cache and the batch spreads evenly over the threads (use_fused_samples), and so does
+// the channels-last backward, which evaluates the SiLU's exp in both of its passes.
 //
 // Otherwise the structure mirrors the CUDA kernels: the forward is one statistics pass and one
 // output pass, the backward one reduction pass (per-(n, c) sums) and one pass computing grad_input.
@@ -801,6 +801,51 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
   }
 }
 
+// The backward on channels-last input, one sample per work item (see use_fused_samples): the
+// per-(n, c) sums over the sample's blocks of rows (summed block by block, as
+// group_norm_channel_sums_cpu does), the sample's group means, then grad_input while x and dy are
+// still in the cache. sum_dz and sum_dz_xhat must be zero on entry.
+template <bool kSilu, typename in_t, typename acc_t>
+void group_norm_fused_channels_last_backward_cpu(const in_t* dy, const in_t* x, in_t* dx, const GroupNormShape& s,
+                                                 const acc_t* mean_nc, const acc_t* rstd_nc, const acc_t* w,
+                                                 const acc_t* w_c, const acc_t* b_c, acc_t* sum_dz,
+                                                 acc_t* sum_dz_xhat) {
+  at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
+    const GroupNormShape sh = s;
+    const in_t *const gp = dy, *const xp = x;
+    in_t* const dxp = dx;
+    const acc_t *const wp = w, *const wc = w_c, *const bc = b_c;
+    const int64_t C = sh.c, D = sh.channels_per_group, hw = sh.hw;
+    const int64_t rows_per_block = std::max<int64_t>(1, kStatsChunk / C);
+    std::vector<acc_t> block_dz(C), block_dz_xhat(C), coef_dz(C), coef_xhat(C);
+    for (int64_t n = begin; n < end; ++n) {
+      const acc_t *const mu = mean_nc + n * C, *const r = rstd_nc + n * C;
+      acc_t *const total_dz = sum_dz + n * C, *const total_dz_xhat = sum_dz_xhat + n * C;
+      for (int64_t row0 = 0; row0 < hw; row0 += rows_per_block) {
+        std::fill(block_dz.begin(), block_dz.end(), acc_t(0));
+        std::fill(block_dz_xhat.begin(), block_dz_xhat.end(), acc_t(0));
+        for (int64_t row = row0; row < std::min(hw, row0 + rows_per_block); ++row) {
+          const int64_t off = (n * hw + row) * C;
+          row_dz_sums<kSilu>(gp + off, xp + off, C, mu, r, wc, bc, block_dz.data(), block_dz_xhat.data());
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          total_dz[c] += block_dz[c];
+          total_dz_xhat[c] += block_dz_xhat[c];
+        }
+      }
+      for (int64_t g = 0; g < sh.groups; ++g) {
+        const auto [mean_dz, mean_dz_xhat] = group_grad_means(sh, sum_dz, sum_dz_xhat, wp, n, g);
+        std::fill(coef_dz.begin() + g * D, coef_dz.begin() + (g + 1) * D, mean_dz);
+        std::fill(coef_xhat.begin() + g * D, coef_xhat.begin() + (g + 1) * D, mean_dz_xhat);
+      }
+      for (int64_t row = 0; row < hw; ++row) {
+        const int64_t off = (n * hw + row) * C;
+        row_grad_input<kSilu>(gp + off, xp + off, dxp + off, C, mu, r, wc, bc, coef_dz.data(), coef_xhat.data());
+      }
+    }
+  });
+}
+
 // The backward on contiguous input, one whole (n, g) group per work item: per-channel sums of dz and
 // dz * xhat, the group means, then grad_input from x and dy (or, with the SiLU, the dz cache) while
 // they are in L2. The per-(n, c) sums are kept for dweight / dbias.
@@ -856,8 +901,9 @@ bool use_fused_groups(const GroupNormShape& s) {
   return !s.channels_last && s.channels_per_group * s.hw <= kFusedGroupElements;
 }
 
-// Channels-last forward one sample per work item: when the samples spread evenly enough over the
-// threads, and each thread's sample fits in its share of the last-level cache.
+// Channels-last input one sample per work item: when the samples spread evenly enough over the
+// threads, and each thread's sample (element_bytes per element: x, and dy in the backward) fits in
+// its share of the last-level cache.
 bool use_fused_samples(const GroupNormShape& s, int64_t element_bytes) {
   const int64_t threads = at::get_num_threads();
   return s.channels_last && s.n >= threads && (s.n % threads == 0 || s.n >= 4 * threads) &&
@@ -928,6 +974,11 @@ void group_norm_bwd(const GroupNormBwdArgs& a) {
       const std::vector<acc_t> rstd_nc = expand_to_channels<acc_t>(rstd, s, nullptr);
       const std::vector<acc_t> w_c = materialize_param(w, s.c, acc_t(1));
       const std::vector<acc_t> b_c = materialize_param(b, s.c, acc_t(0));
+      if (use_fused_samples(s, 2 * sizeof(scalar_t))) {
+        group_norm_fused_channels_last_backward_cpu<kSilu, scalar_t, acc_t>(
+            dy, x, dx, s, mean_nc.data(), rstd_nc.data(), w, w_c.data(), b_c.data(), sum_dz.data(), sum_dz_xhat.data());
+        return;
+      }
       group_norm_channel_sums_cpu<kSilu, scalar_t, acc_t>(dy, x, s, mean_nc.data(), rstd_nc.data(), w_c.data(),
                                                           b_c.data(), sum_dz.data(), sum_dz_xhat.data());
       std::vector<acc_t> coef_dz(s.n * s.c), coef_xhat(s.n * s.c);
