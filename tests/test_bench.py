@@ -19,7 +19,10 @@ from norm_ext.bench.report import COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+# In-process runs keep glibc's defaults: the default --cpu-memory reused would change this process's
+# allocator for good (test_cpu_memory_modes_are_run_and_recorded runs it in a child).
 TINY = ["--device", "cpu", "--dtypes", "fp32", "--reps", "1", "--warmup", "0", "--min-time", "0"]
+TINY += ["--cpu-memory", "fresh"]
 # torch.compile is exercised on one op in its own test: compiling every op would take minutes on 2 cores.
 NO_COMPILE = ",".join(p for p in PROVIDER_FACTORIES if p != "torch.compile")
 
@@ -125,12 +128,12 @@ def test_bad_arguments_name_the_problem(capsys):
     assert "integers joined by 'x'" in capsys.readouterr().err
 
 
-def test_cpu_memory_reused_is_run_and_recorded(tmp_path):
-    # mallopt changes the whole process for good, hence a child process.
+def test_cpu_memory_modes_are_run_and_recorded(tmp_path):
+    # The default, reused, calls mallopt, which changes the whole process for good: a child process.
     out = tmp_path / "out"
     args = ["--ops", "rms_norm", "--sizes", "8x64", "--providers", "norm_ext,torch", "--no-plots"]
     subprocess.run(
-        [sys.executable, "-m", "norm_ext.bench", *TINY, *args, "--cpu-memory", "reused", "--out", str(out)],
+        [sys.executable, "-m", "norm_ext.bench", *TINY[:-2], *args, "--out", str(out)],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )  # fmt: skip
     with open(out / "results.json") as f:

@@ -134,8 +134,9 @@ def test_large_offset_fp32(channels_last, device):
 def test_cpu_channels_last_paths(dtype, activation, threads):
     # The CPU forward and backward take channels-last input one sample per thread when the batch
     # spreads evenly over the threads (N = 3 on 1 thread), and by blocks of rows across threads
-    # otherwise (N = 3 on 4). 4355 rows of C = 24 make seven row blocks, the last with a partial sweep, and a channel tail
-    # past the 16-lane vectors; the large offset checks that both paths keep the shift.
+    # otherwise (N = 3 on 4). 4355 rows of C = 24 make seven row blocks, the last with a partial
+    # sweep, and a channel tail past the 16-lane vectors; the large offset checks that both paths
+    # keep the shift.
     x = _make_input((3, 24, 67, 65), dtype, "cpu", True, offset=50.0)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

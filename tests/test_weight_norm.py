@@ -12,7 +12,19 @@ TOL = {
     torch.float16: dict(atol=2e-3, rtol=2e-3),
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
 }
-SHAPES_DIMS = [((8, 5), 0), ((8, 5), 1), ((6, 3, 3, 3), 0), ((4, 6, 5), 1), ((3, 4, 5), 2), ((7, 4), None)]
+# The CPU kernels vectorize along a slice's row when it is long (dim=0: 27, 2100 with several sum
+# chunks) and across slices when inner = 1 (dim=-1: 70 slices, two vector pairs and a tail).
+SHAPES_DIMS = [
+    ((8, 5), 0),
+    ((8, 5), 1),
+    ((6, 3, 3, 3), 0),
+    ((4, 6, 5), 1),
+    ((3, 4, 5), 2),
+    ((7, 4), None),
+    ((40, 2100), 0),
+    ((37, 70), 1),
+    ((33, 65), None),
+]
 
 
 def _g_shape(shape, dim):

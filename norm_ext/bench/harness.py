@@ -52,7 +52,7 @@ class Config:
     max_reps: int = 200
     warmup: int = 3
     use_graph: bool = True
-    cpu_memory: str = "fresh"  # or "reused": see timing.keep_freed_memory
+    cpu_memory: str = "fresh"  # what the process does; the CLI's default "reused" calls timing.keep_freed_memory
     show_progress: bool = True
     argv: List[str] = field(default_factory=lambda: list(sys.argv))
 

@@ -1,0 +1,7 @@
+// Weight-normalization CPU kernels for AVX2+FMA+F16C (see isa.h and row_norm_kernel_avx2.cpp for the
+// order of the includes).
+#include "cpu/weight_norm_kernel.h"
+
+#include "cpu/isa_avx2_prelude.h"
+
+#include "cpu/weight_norm_kernel_impl.h"
