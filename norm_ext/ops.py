@@ -150,6 +150,10 @@ def _make_row_norm_autograd(name: str):
 
     def setup_context(ctx, inputs, output):
         args = dict(zip(names, inputs))
+        # An output nobody differentiates (the fused ops' residual stream h when only y is used, the
+        # statistics) then reaches backward as None rather than as zeros of its full size, which the
+        # backward op would read and add: for a 64 MB h, a fresh zero-filled tensor every step.
+        ctx.set_materialize_grads(False)
         ctx.normalized_shape = list(args["normalized_shape"])
         ctx.zero_centered = bool(args.get("zero_centered_weight", False))
         ctx.memory_efficient = bool(args.get("memory_efficient", False))
