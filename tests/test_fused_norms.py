@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import DEVICES
 from tolerances import BACKWARD, FORWARD, MEMORY_EFFICIENT_BACKWARD, assert_close_to_reference
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import norm_ext
 from norm_ext import reference
@@ -294,6 +295,43 @@ def _opcheck_samples(device):
 def test_opcheck_fused_ops(device):
     for op, args in _opcheck_samples(device):
         torch.library.opcheck(op, args)
+
+
+class _BackwardOpArgs(TorchDispatchMode):
+    """Records the arguments of the row-norm backward ops that run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.name().endswith("_backward"):
+            self.calls.append({**dict(zip((a.name for a in func._schema.arguments), args)), **kwargs})
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("op", ["add_layer_norm", "add_rms_norm"])
+def test_unused_residual_stream_gets_no_zero_gradient(op):
+    # Differentiating y alone must not hand the backward op a zero-filled gradient of h's full size to
+    # read and add (autograd materializes one unless told not to); with h used, its gradient is fused.
+    x, r = torch.randn(6, 32, requires_grad=True), torch.randn(6, 32, requires_grad=True)
+    w = torch.randn(32, requires_grad=True)
+    call = getattr(norm_ext, op)
+    for use_h in (False, True):
+        y, h = call(x, r, (32,), w)
+        with _BackwardOpArgs() as mode:
+            (y.sum() + (h.square().sum() if use_h else 0)).backward()
+        (backward_call,) = mode.calls
+        assert (backward_call.get("grad_residual") is not None) == use_h
+        x64, r64, w64 = (t.detach().double().requires_grad_(True) for t in (x, r, w))
+        h64 = reference.residual_stream(x64, r64)
+        norm64 = reference.layer_norm if op == "add_layer_norm" else reference.rms_norm
+        y64 = norm64(h64, (32,), w64)
+        grads64 = torch.autograd.grad(y64.sum() + (h64.square().sum() if use_h else 0), (x64, w64))
+        assert_close_to_reference(x.grad, grads64[0], torch.float32, BACKWARD, "dx")
+        assert_close_to_reference(w.grad, grads64[1], torch.float32, BACKWARD, "dweight")
+        x.grad = r.grad = w.grad = None
 
 
 def test_torch_compile_fullgraph_pre_norm_step():
