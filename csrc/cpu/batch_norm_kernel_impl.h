@@ -44,30 +44,14 @@ constexpr int64_t kRowFlush = 256;
 template <typename acc_t, typename src_t>
 acc_t plane_sum(const src_t* p, int64_t n) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kStep = kPairLanes<acc_t>;
-  acc_t total = 0;
-  for (int64_t start = 0; start < n; start += kSumChunk) {
-    const int64_t end = std::min(n, start + kSumChunk);
-    Vec a0(0), a1(0), a2(0), a3(0);
-    int64_t i = start;
-    for (; i + 2 * kStep <= end; i += 2 * kStep) {
-      const auto [x0, x1] = load_pair<acc_t>(p + i);
-      const auto [x2, x3] = load_pair<acc_t>(p + i + kStep);
-      a0 += x0;
-      a1 += x1;
-      a2 += x2;
-      a3 += x3;
-    }
-    for (; i + kStep <= end; i += kStep) {
-      const auto [x0, x1] = load_pair<acc_t>(p + i);
-      a0 += x0;
-      a1 += x1;
-    }
-    acc_t s = reduce_lanes<acc_t>((a0 + a1) + (a2 + a3));
-    for (; i < end; ++i) s += static_cast<acc_t>(p[i]);
-    total += s;
-  }
-  return total;
+  return chunked_sum_four_chains<acc_t>(
+      n, kSumChunk,
+      [&](int64_t i, Vec& lo, Vec& hi) {
+        const auto [x0, x1] = load_pair<acc_t>(p + i);
+        lo += x0;
+        hi += x1;
+      },
+      [&](int64_t i) { return static_cast<acc_t>(p[i]); });
 }
 
 // (sum(w), sum(w * (p - shift))): the backward's sum(dy) and sum(dy * (x - mean)) in one pass.

@@ -64,26 +64,15 @@ constexpr int64_t kGrainElements = 1 << 15;
 template <typename acc_t, typename in_t>
 acc_t span_sum_dev(const in_t* p, int64_t n, acc_t origin) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec vo(origin);
-  Vec a0(0), a1(0), a2(0), a3(0);
-  int64_t i = 0;
-  for (; i + 2 * kStep <= n; i += 2 * kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(p + i);
-    const auto [x2, x3] = load_pair<acc_t>(p + i + kStep);
-    a0 += x0 - vo;
-    a1 += x1 - vo;
-    a2 += x2 - vo;
-    a3 += x3 - vo;
-  }
-  for (; i + kStep <= n; i += kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(p + i);
-    a0 += x0 - vo;
-    a1 += x1 - vo;
-  }
-  acc_t s = reduce_lanes<acc_t>((a0 + a1) + (a2 + a3));
-  for (; i < n; ++i) s += static_cast<acc_t>(p[i]) - origin;
-  return s;
+  return sum_four_chains<acc_t>(
+      0, n,
+      [&](int64_t i, Vec& lo, Vec& hi) {
+        const auto [x0, x1] = load_pair<acc_t>(p + i);
+        lo += x0 - vo;
+        hi += x1 - vo;
+      },
+      [&](int64_t i) { return static_cast<acc_t>(p[i]) - origin; });
 }
 
 // sum(((p - origin) - mean)^2): the deviations from `origin` (a value of the group) are exact, so
@@ -91,31 +80,19 @@ acc_t span_sum_dev(const in_t* p, int64_t n, acc_t origin) {
 template <typename acc_t, typename in_t>
 acc_t span_sum_sq_dev(const in_t* p, int64_t n, acc_t origin, acc_t mean) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec vo(origin), vm(mean);
-  Vec a0(0), a1(0), a2(0), a3(0);
-  int64_t i = 0;
-  for (; i + 2 * kStep <= n; i += 2 * kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(p + i);
-    const auto [x2, x3] = load_pair<acc_t>(p + i + kStep);
-    const Vec d0 = (x0 - vo) - vm, d1 = (x1 - vo) - vm, d2 = (x2 - vo) - vm, d3 = (x3 - vo) - vm;
-    a0 = at::vec::fmadd(d0, d0, a0);
-    a1 = at::vec::fmadd(d1, d1, a1);
-    a2 = at::vec::fmadd(d2, d2, a2);
-    a3 = at::vec::fmadd(d3, d3, a3);
-  }
-  for (; i + kStep <= n; i += kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(p + i);
-    const Vec d0 = (x0 - vo) - vm, d1 = (x1 - vo) - vm;
-    a0 = at::vec::fmadd(d0, d0, a0);
-    a1 = at::vec::fmadd(d1, d1, a1);
-  }
-  acc_t s = reduce_lanes<acc_t>((a0 + a1) + (a2 + a3));
-  for (; i < n; ++i) {
-    const acc_t d = (static_cast<acc_t>(p[i]) - origin) - mean;
-    s += d * d;
-  }
-  return s;
+  return sum_four_chains<acc_t>(
+      0, n,
+      [&](int64_t i, Vec& lo, Vec& hi) {
+        const auto [x0, x1] = load_pair<acc_t>(p + i);
+        const Vec d0 = (x0 - vo) - vm, d1 = (x1 - vo) - vm;
+        lo = at::vec::fmadd(d0, d0, lo);
+        hi = at::vec::fmadd(d1, d1, hi);
+      },
+      [&](int64_t i) {
+        const acc_t d = (static_cast<acc_t>(p[i]) - origin) - mean;
+        return d * d;
+      });
 }
 
 // (count, mean, m2) of a contiguous span, relative to `shift`: two passes per kInnerChunk (the

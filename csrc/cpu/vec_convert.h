@@ -50,6 +50,37 @@ acc_t reduce_lanes(const at::vec::Vectorized<acc_t>& v) {
 template <typename acc_t>
 constexpr int64_t kPairLanes = 2 * at::vec::Vectorized<acc_t>::size();
 
+// The sum over [begin, end) of a per-element term, in four independent accumulation chains: with
+// one, a reduction waits on the add/FMA latency instead of the loads. add_pair(i, lo, hi) adds the
+// terms of elements [i, i + kPairLanes) to two vector accumulators; scalar_term(i) is element i's
+// term, for the tail.
+template <typename acc_t, typename AddPair, typename ScalarTerm>
+acc_t sum_four_chains(int64_t begin, int64_t end, const AddPair& add_pair, const ScalarTerm& scalar_term) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t kStep = kPairLanes<acc_t>;
+  Vec a0(0), a1(0), a2(0), a3(0);
+  int64_t i = begin;
+  for (; i + 2 * kStep <= end; i += 2 * kStep) {
+    add_pair(i, a0, a1);
+    add_pair(i + kStep, a2, a3);
+  }
+  for (; i + kStep <= end; i += kStep) add_pair(i, a0, a1);
+  acc_t s = reduce_lanes<acc_t>((a0 + a1) + (a2 + a3));
+  for (; i < end; ++i) s += scalar_term(i);
+  return s;
+}
+
+// The same over [0, n) with the partial sums closed every `chunk` elements, so that rounding error
+// grows with chunk / lanes + n / chunk rather than with n.
+template <typename acc_t, typename AddPair, typename ScalarTerm>
+acc_t chunked_sum_four_chains(int64_t n, int64_t chunk, const AddPair& add_pair, const ScalarTerm& scalar_term) {
+  acc_t total = 0;
+  for (int64_t start = 0; start < n; start += chunk) {
+    total += sum_four_chains<acc_t>(start, std::min(n, start + chunk), add_pair, scalar_term);
+  }
+  return total;
+}
+
 // On AVX2 the 16-bit conversions are spelled with ATen's raw-register helpers: going through
 // convert_to_float / convert_from_float (which return a tuple of Vectorized) left GCC storing every
 // converted vector to the stack and never reading it back, and in a loop bound by its output stores

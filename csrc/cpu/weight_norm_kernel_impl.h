@@ -30,37 +30,24 @@ using at::vec::Vectorized;
 constexpr int64_t kSumChunk = 1024;
 constexpr int64_t kGrainElements = 1 << 15;
 
-// sum(a * b) over a contiguous run: four accumulation chains, closed every kSumChunk elements.
+// Grain of the loops whose work items are whole runs of `inner` elements.
+int64_t row_grain(int64_t inner) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, inner));
+}
+
+// sum(a * b) over a contiguous run, closed every kSumChunk elements.
 template <typename acc_t, typename in_t>
 acc_t run_dot(const in_t* a, const in_t* b, int64_t n) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kStep = kPairLanes<acc_t>;
-  acc_t total = 0;
-  for (int64_t start = 0; start < n; start += kSumChunk) {
-    const int64_t end = std::min(n, start + kSumChunk);
-    Vec s0(0), s1(0), s2(0), s3(0);
-    int64_t i = start;
-    for (; i + 2 * kStep <= end; i += 2 * kStep) {
-      const auto [a0, a1] = load_pair<acc_t>(a + i);
-      const auto [b0, b1] = load_pair<acc_t>(b + i);
-      const auto [a2, a3] = load_pair<acc_t>(a + i + kStep);
-      const auto [b2, b3] = load_pair<acc_t>(b + i + kStep);
-      s0 = at::vec::fmadd(a0, b0, s0);
-      s1 = at::vec::fmadd(a1, b1, s1);
-      s2 = at::vec::fmadd(a2, b2, s2);
-      s3 = at::vec::fmadd(a3, b3, s3);
-    }
-    for (; i + kStep <= end; i += kStep) {
-      const auto [a0, a1] = load_pair<acc_t>(a + i);
-      const auto [b0, b1] = load_pair<acc_t>(b + i);
-      s0 = at::vec::fmadd(a0, b0, s0);
-      s1 = at::vec::fmadd(a1, b1, s1);
-    }
-    acc_t s = reduce_lanes<acc_t>((s0 + s1) + (s2 + s3));
-    for (; i < end; ++i) s += static_cast<acc_t>(a[i]) * static_cast<acc_t>(b[i]);
-    total += s;
-  }
-  return total;
+  return chunked_sum_four_chains<acc_t>(
+      n, kSumChunk,
+      [&](int64_t i, Vec& lo, Vec& hi) {
+        const auto [a0, a1] = load_pair<acc_t>(a + i);
+        const auto [b0, b1] = load_pair<acc_t>(b + i);
+        lo = at::vec::fmadd(a0, b0, lo);
+        hi = at::vec::fmadd(a1, b1, hi);
+      },
+      [&](int64_t i) { return static_cast<acc_t>(a[i]) * static_cast<acc_t>(b[i]); });
 }
 
 template <typename in_t>
@@ -152,8 +139,7 @@ void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>*
                       const at::opmath_type<in_t>* beta, in_t* out, const WeightNormLayout& l) {
   using acc_t = at::opmath_type<in_t>;
   if (l.inner == 1) {
-    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, l.slices));
-    at::parallel_for(0, l.outer, grain, [&](int64_t o0, int64_t o1) {
+    at::parallel_for(0, l.outer, row_grain(l.slices), [&](int64_t o0, int64_t o1) {
       const int64_t S = l.slices;
       for (int64_t o = o0; o < o1; ++o) {
         row_axpby_per_slice<kWithY>(x + o * S, kWithY ? y + o * S : nullptr, out + o * S, S, alpha, beta);
@@ -161,8 +147,7 @@ void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>*
     });
     return;
   }
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / l.inner);
-  at::parallel_for(0, l.outer * l.slices, grain, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, l.outer * l.slices, row_grain(l.inner), [&](int64_t r0, int64_t r1) {
     const in_t *const xp = x, *const yp = y;
     in_t* const op = out;
     const acc_t *const ap = alpha, *const bp = beta;
@@ -172,11 +157,6 @@ void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>*
       run_axpby<kWithY>(xp + off, kWithY ? yp + off : nullptr, op + off, inner, ap[d], kWithY ? bp[d] : acc_t(0));
     }
   });
-}
-
-// The grain of the row paths: rows are whole work items.
-int64_t row_grain(int64_t inner) {
-  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, inner));
 }
 
 }  // namespace
