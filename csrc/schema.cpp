@@ -84,6 +84,12 @@ TORCH_LIBRARY(norm_ext, m) {
   m.def(
       "batch_norm_elemt(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
       "Tensor? pad_mask=None) -> Tensor");
+  // batch_norm_stats and batch_norm_elemt in one op, for a training forward that merges no statistics
+  // across ranks: invstd = 1 / sqrt(m2 / count + eps). On CPU a channels-first channel is then
+  // normalized while it is still in cache, so x is read from memory once instead of twice.
+  m.def(
+      "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, float eps) -> (Tensor out, Tensor mean, "
+      "Tensor m2, Tensor invstd)");
   // Per-channel sum(dy) and sum(dy * x_hat), x_hat = (x - mean) * invstd. These are also the
   // gradients of bias and weight.
   m.def(

@@ -353,7 +353,7 @@ torch.library.register_autograd("norm_ext::group_norm", _group_norm_backward, se
 
 
 # ---------------------------------------------------------------------------------------------------
-# Batch norm family: the four ops that BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are built from,
+# Batch norm family: the ops that BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are built from,
 # and the autograd formulas composing them. The formulas are torch.autograd.Functions rather than
 # per-op register_autograd because the statistics in the middle may be merged across ranks
 # (norm_ext.distributed) between the ops of one forward, and likewise the backward's sums.
@@ -375,6 +375,12 @@ def _bn_output_like(input: Tensor) -> Tensor:
 def _batch_norm_stats_fake(input, pad_mask=None):
     stats = _channel_vector_like(input)
     return input.new_empty((), dtype=torch.int64), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("norm_ext::batch_norm_train")
+def _batch_norm_train_fake(input, weight, bias, eps):
+    stats = _channel_vector_like(input)
+    return _bn_output_like(input), stats, torch.empty_like(stats), torch.empty_like(stats)
 
 
 @torch.library.register_fake("norm_ext::batch_norm_elemt")
@@ -408,13 +414,19 @@ class BatchNormTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, pad_mask, eps: float, group_name: Optional[str]):
-        count, mean, m2 = _ops.batch_norm_stats(input, pad_mask)
-        count = count.to(torch.float64)
-        if group_name is not None:
-            bound = input.numel() // max(input.shape[1], 1)
-            count, mean, m2 = distributed.all_gather_stats(count, mean, m2, group_name, bound)
-        invstd = torch.rsqrt(m2 / count.clamp(min=1) + eps)
-        out = _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
+        per_channel = input.numel() // max(input.shape[1], 1)
+        if group_name is None and pad_mask is None:
+            # Nothing to merge between the statistics and the normalization: one op, which on CPU
+            # reads a channels-first x once instead of twice.
+            out, mean, m2, invstd = _ops.batch_norm_train(input, weight, bias, eps)
+            count = input.new_full((), per_channel, dtype=torch.float64)
+        else:
+            count, mean, m2 = _ops.batch_norm_stats(input, pad_mask)
+            count = count.to(torch.float64)
+            if group_name is not None:
+                count, mean, m2 = distributed.all_gather_stats(count, mean, m2, group_name, per_channel)
+            invstd = torch.rsqrt(m2 / count.clamp(min=1) + eps)
+            out = _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
         ctx.save_for_backward(input, weight, bias, pad_mask, mean, invstd, count)
         ctx.group_name = group_name
         ctx.mark_non_differentiable(mean, m2, count)

@@ -290,6 +290,10 @@ def test_bad_input(device):
         )
     with pytest.raises(ValueError, match="mean must have shape"):
         torch.ops.norm_ext.batch_norm_elemt(x, torch.zeros(2, device=device), torch.ones(3, device=device), None, None)
+    with pytest.raises(ValueError, match="eps must be a finite non-negative number"):
+        torch.ops.norm_ext.batch_norm_train(x, None, None, -1e-5)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        torch.ops.norm_ext.batch_norm_train(x, None, torch.zeros(4, device=device), 1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -304,6 +308,8 @@ def test_opcheck(device, fmt):
     cases = [
         (ops.batch_norm_stats.default, (x,)),
         (ops.batch_norm_stats.default, (rows, mask)),
+        (ops.batch_norm_train.default, (x, w, b, 1e-5)),
+        (ops.batch_norm_train.default, (rows, None, None, 0.0)),
         (ops.batch_norm_elemt.default, (x, mean, invstd, w, b)),
         (ops.batch_norm_elemt.default, (rows, mean, invstd, None, None, mask)),
         (ops.batch_norm_backward_reduce.default, (torch.randn_like(x), x, mean, invstd)),
@@ -359,3 +365,63 @@ def test_channels_last_odd_channels_large_spatial(device):
     torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dx.double(), edx, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dw.double(), edw, atol=5e-2, rtol=1e-4)
+
+
+# The training op's paths on CPU: a channels-first channel normalized while it is in cache (enough
+# channels for the threads, a channel small enough), and statistics then normalization over the
+# whole input otherwise (one channel; a channel larger than a thread's share of any last-level
+# cache; channels-last and (N, C) input).
+TRAIN_OP_CASES = [
+    ((5, 6, 7, 9), None, 2.0),
+    ((5, 1, 7, 9), None, 2.0),
+    ((4, 6, 9), None, 1e3),
+    ((3, 6, 5, 7), torch.channels_last, 2.0),
+    ((33, 6), None, 1e3),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape,fmt,offset", TRAIN_OP_CASES)
+def test_train_op_paths(threads, dtype, shape, fmt, offset):
+    _check_train_op(threads, dtype, shape, fmt, offset)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_train_op_channel_larger_than_cache(threads):
+    # 16.8 MB a channel: more than half of the largest last-level cache the kernels assume (32 MiB).
+    _check_train_op(threads, torch.float32, (1, 2, 4100, 1024), None, 2.0)
+
+
+def _check_train_op(threads, dtype, shape, fmt, offset):
+    channels = shape[1]
+    x = _make_input(shape, fmt, dtype, "cpu", offset=offset, scale=3.0)
+    weight, bias = torch.randn(channels), torch.randn(channels)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, mean, m2, invstd = torch.ops.norm_ext.batch_norm_train(x, weight, bias, 1e-5)
+        out_plain, _, _, _ = torch.ops.norm_ext.batch_norm_train(x, None, None, 1e-5)
+    finally:
+        torch.set_num_threads(previous)
+    x64 = x.double()
+    dims = tuple(d for d in range(x.dim()) if d != 1)
+    count = x.numel() // channels
+    exp_mean = x64.mean(dim=dims)
+    exp_var = x64.var(dim=dims, unbiased=False)
+    stat_tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=1e-6 * offset, rtol=1e-5)
+    torch.testing.assert_close(mean.double(), exp_mean, **stat_tol)
+    torch.testing.assert_close(m2.double() / count, exp_var, atol=stat_tol["atol"], rtol=1e-4)
+    torch.testing.assert_close(invstd.double(), (exp_var + 1e-5).rsqrt(), atol=0, rtol=1e-4)
+    expected, _, _ = ref.batch_norm(x64, None, None, weight.double(), bias.double(), True)
+    expected_plain, _, _ = ref.batch_norm(x64, None, None, None, None, True)
+    assert out.stride() == x.stride() and out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, **TOL[dtype])
+    torch.testing.assert_close(out_plain.double(), expected_plain, **TOL[dtype])
+
+
+def test_train_op_empty_input():
+    out, mean, m2, invstd = torch.ops.norm_ext.batch_norm_train(torch.randn(0, 3, 4), None, None, 0.25)
+    assert out.shape == (0, 3, 4)
+    assert torch.equal(mean, torch.zeros(3)) and torch.equal(m2, torch.zeros(3))
+    torch.testing.assert_close(invstd, torch.full((3,), 2.0))

@@ -1,6 +1,7 @@
-// CPU wrappers of the batch-norm family: per-channel statistics, the element-wise normalize, and the
-// backward's per-channel reduction and element-wise dx. BatchNorm, SyncBatchNorm and
-// MaskedBatchNorm1d are all built from these four ops (see norm_ext/ops.py). The wrappers check
+// CPU wrappers of the batch-norm family: per-channel statistics, the element-wise normalize, the
+// two in one for a training forward with the batch's own statistics, and the backward's per-channel
+// reduction and element-wise dx. BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are all built from
+// these ops (see norm_ext/ops.py). The wrappers check
 // inputs, bring them into a kernel layout and fold the per-channel coefficients (common/batch_norm.h);
 // the kernels themselves are in batch_norm_kernel_impl.h.
 
@@ -49,6 +50,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Te
                            shift.const_data_ptr(), mean.mutable_data_ptr(), m2.mutable_data_ptr()});
   }
   return {bn_count(input, pad_mask), mean, m2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(const at::Tensor& input_,
+                                                                                const std::optional<at::Tensor>& weight,
+                                                                                const std::optional<at::Tensor>& bias,
+                                                                                double eps) {
+  constexpr const char* op = "batch_norm_train";
+  check_bn_input(op, input_);
+  check_cpu(op, input_);
+  check_bn_affine(op, input_, weight, bias);
+  check_eps(op, eps);
+  const bool cl = use_channels_last(input_);
+  const at::Tensor input = to_bn_layout(input_, cl);
+  const ChannelView v = bn_channel_view(input, cl);
+  const at::ScalarType acc = bn_acc_dtype(input.scalar_type());
+  const auto acc_opts = input.options().dtype(acc);
+  at::Tensor out = at::empty_like(input);
+  at::Tensor mean = at::zeros({v.channels}, acc_opts);
+  at::Tensor m2 = at::zeros({v.channels}, acc_opts);
+  if (input.numel() == 0) return {out, mean, m2, (m2 + eps).rsqrt()};
+  at::Tensor invstd = at::empty({v.channels}, acc_opts);
+  const at::Tensor shift = bn_channel_shift(input, at::Tensor(), acc);
+  const at::Tensor w = bn_defined(weight) ? as_acc_vector(*weight, acc) : at::Tensor();
+  const at::Tensor b = bn_defined(bias) ? as_acc_vector(*bias, acc) : at::Tensor();
+  cpu::batch_norm_train({input.scalar_type(), kernel_shape(input, cl), input.const_data_ptr(), shift.const_data_ptr(),
+                         w.defined() ? w.const_data_ptr() : nullptr, b.defined() ? b.const_data_ptr() : nullptr, eps,
+                         out.mutable_data_ptr(), mean.mutable_data_ptr(), m2.mutable_data_ptr(),
+                         invstd.mutable_data_ptr()});
+  return {out, mean, m2, invstd};
 }
 
 at::Tensor run_affine(const at::Tensor& input, const at::Tensor* grad_out, const at::Tensor& mask, bool cl,
@@ -134,6 +164,7 @@ at::Tensor batch_norm_backward_elemt_cpu(const at::Tensor& grad_out_, const at::
 
 TORCH_LIBRARY_IMPL(norm_ext, CPU, m) {
   m.impl("batch_norm_stats", &norm_ext::batch_norm_stats_cpu);
+  m.impl("batch_norm_train", &norm_ext::batch_norm_train_cpu);
   m.impl("batch_norm_elemt", &norm_ext::batch_norm_elemt_cpu);
   m.impl("batch_norm_backward_reduce", &norm_ext::batch_norm_backward_reduce_cpu);
   m.impl("batch_norm_backward_elemt", &norm_ext::batch_norm_backward_elemt_cpu);

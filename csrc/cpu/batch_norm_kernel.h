@@ -56,20 +56,42 @@ struct BatchNormAffineArgs {
   const void* dy_scale;  // null in the forward
 };
 
+// The training forward with the batch's own statistics, in one call: per-channel mean, m2 and
+// invstd = 1 / sqrt(m2 / count + eps), then out = (x - mean) * invstd * weight + bias.
+struct BatchNormTrainArgs {
+  at::ScalarType dtype;
+  BatchNormShape shape;
+  const void* x;
+  const void* shift;
+  const void* weight;  // null: 1
+  const void* bias;    // null: 0
+  double eps;
+  void* out;
+  void* mean;
+  void* m2;
+  void* invstd;
+};
+
 namespace isa_default {
 void batch_norm_stats(const BatchNormStatsArgs& args);
+void batch_norm_train(const BatchNormTrainArgs& args);
 void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
 void batch_norm_affine(const BatchNormAffineArgs& args);
 }  // namespace isa_default
 
 namespace isa_avx2 {
 void batch_norm_stats(const BatchNormStatsArgs& args);
+void batch_norm_train(const BatchNormTrainArgs& args);
 void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
 void batch_norm_affine(const BatchNormAffineArgs& args);
 }  // namespace isa_avx2
 
 inline void batch_norm_stats(const BatchNormStatsArgs& args) {
   detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_stats(args) : isa_default::batch_norm_stats(args);
+}
+
+inline void batch_norm_train(const BatchNormTrainArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_train(args) : isa_default::batch_norm_train(args);
 }
 
 inline void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args) {

@@ -66,30 +66,6 @@ std::pair<acc_t, acc_t> chunked_row_sums(int64_t n, const PairStep& pair_step, c
   return {total_a, total_b};
 }
 
-// out[i] = value of element i over [0, n): pair_value(i) gives elements [i, i + kPairLanes) as two
-// vectors, scalar_value(i) one element. With stream, the aligned body goes out through non-temporal
-// stores.
-template <typename acc_t, typename out_t, typename PairValue, typename ScalarValue>
-void write_row(out_t* out, int64_t n, bool stream, const PairValue& pair_value, const ScalarValue& scalar_value) {
-  constexpr int64_t kPair = kPairLanes<acc_t>;
-  int64_t i = 0;
-  if (stream) {
-    for (const int64_t head = elements_before_stream_alignment(out, n); i < head; ++i) {
-      out[i] = static_cast<out_t>(scalar_value(i));
-    }
-    for (; i + kPair <= n; i += kPair) {
-      const auto [lo, hi] = pair_value(i);
-      stream_pair(out + i, lo, hi);
-    }
-  } else {
-    for (; i + kPair <= n; i += kPair) {
-      const auto [lo, hi] = pair_value(i);
-      store_pair(out + i, lo, hi);
-    }
-  }
-  for (; i < n; ++i) out[i] = static_cast<out_t>(scalar_value(i));
-}
-
 // One row of the forward. h is the row to normalise: the input itself, or the residual stream that
 // the first pass writes (x + residual rounded to h_t, so the backward, which re-reads the stored h,
 // differentiates exactly the function the forward computed). w and b are never null.
@@ -163,7 +139,7 @@ void row_norm_fwd_row(const in_t* x, const h_t* residual, h_t* h, in_t* y, acc_t
   *rstd = r;
 
   const Vec vdelta(delta), vr(r);
-  write_row<acc_t>(
+  write_span<acc_t>(
       y, cols, stream,
       [&](int64_t i) {
         constexpr int64_t kLanes = Vec::size();
@@ -257,7 +233,7 @@ void row_norm_bwd_row(const in_t* dy, const saved_t* saved, const saved_t* grad_
   const auto dx_vec = [&](const Vec& s, const Vec& d, int64_t i) {
     return vr * (d * Vec::loadu(w + i) - vmg - xhat_vec(s, i) * vmgx);
   };
-  write_row<acc_t>(
+  write_span<acc_t>(
       dx, cols, stream,
       [&](int64_t i) {
         if (prefetch_next) {

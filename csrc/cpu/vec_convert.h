@@ -244,5 +244,29 @@ inline void stream_fence() {
 #endif
 }
 
+// out[i] = value of element i over [0, n): pair_value(i) gives elements [i, i + kPairLanes) as two
+// vectors, scalar_value(i) one element. With stream, the aligned body goes out through non-temporal
+// stores.
+template <typename acc_t, typename out_t, typename PairValue, typename ScalarValue>
+void write_span(out_t* out, int64_t n, bool stream, const PairValue& pair_value, const ScalarValue& scalar_value) {
+  constexpr int64_t kPair = kPairLanes<acc_t>;
+  int64_t i = 0;
+  if (stream) {
+    for (const int64_t head = elements_before_stream_alignment(out, n); i < head; ++i) {
+      out[i] = static_cast<out_t>(scalar_value(i));
+    }
+    for (; i + kPair <= n; i += kPair) {
+      const auto [lo, hi] = pair_value(i);
+      stream_pair(out + i, lo, hi);
+    }
+  } else {
+    for (; i + kPair <= n; i += kPair) {
+      const auto [lo, hi] = pair_value(i);
+      store_pair(out + i, lo, hi);
+    }
+  }
+  for (; i < n; ++i) out[i] = static_cast<out_t>(scalar_value(i));
+}
+
 }  // namespace
 }  // namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE
