@@ -90,6 +90,11 @@ TORCH_LIBRARY(norm_ext, m) {
   m.def(
       "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, float eps) -> (Tensor out, Tensor mean, "
       "Tensor m2, Tensor invstd)");
+  // The backward of batch_norm_train, batch_norm_backward_reduce and batch_norm_backward_elemt in
+  // one op (the means taken over this input's count): returns dx, sum(dy) and sum(dy * x_hat).
+  m.def(
+      "batch_norm_train_backward(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, Tensor? weight) -> "
+      "(Tensor grad_input, Tensor sum_dy, Tensor sum_dy_xhat)");
   // Per-channel sum(dy) and sum(dy * x_hat), x_hat = (x - mean) * invstd. These are also the
   // gradients of bias and weight.
   m.def(

@@ -383,6 +383,12 @@ def _batch_norm_train_fake(input, weight, bias, eps):
     return _bn_output_like(input), stats, torch.empty_like(stats), torch.empty_like(stats)
 
 
+@torch.library.register_fake("norm_ext::batch_norm_train_backward")
+def _batch_norm_train_backward_fake(grad_out, input, mean, invstd, weight):
+    stats = _channel_vector_like(input)
+    return _bn_output_like(input), stats, torch.empty_like(stats)
+
+
 @torch.library.register_fake("norm_ext::batch_norm_elemt")
 def _batch_norm_elemt_fake(input, mean, invstd, weight, bias, pad_mask=None):
     return _bn_output_like(input)
@@ -417,7 +423,7 @@ class BatchNormTrain(torch.autograd.Function):
         per_channel = input.numel() // max(input.shape[1], 1)
         if group_name is None and pad_mask is None:
             # Nothing to merge between the statistics and the normalization: one op, which on CPU
-            # reads a channels-first x once instead of twice.
+            # reads a channels-first x once instead of twice (and likewise dy and x in the backward).
             out, mean, m2, invstd = _ops.batch_norm_train(input, weight, bias, eps)
             count = input.new_full((), per_channel, dtype=torch.float64)
         else:
@@ -436,17 +442,21 @@ class BatchNormTrain(torch.autograd.Function):
     def backward(ctx, grad_out, *unused_stat_grads):
         input, weight, bias, pad_mask, mean, invstd, count = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
+        grad_input = None
+        if needs_input and ctx.group_name is None and pad_mask is None:
+            grad_input, sum_dy, sum_dy_xhat = _ops.batch_norm_train_backward(grad_out, input, mean, invstd, weight)
+        else:
+            sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
+            if needs_input:
+                total_dy, total_dy_xhat = sum_dy, sum_dy_xhat
+                if ctx.group_name is not None:
+                    total_dy, total_dy_xhat = distributed.all_reduce_sums(sum_dy, sum_dy_xhat, ctx.group_name)
+                n = count.clamp(min=1)
+                grad_input = _ops.batch_norm_backward_elemt(
+                    grad_out, input, mean, invstd, weight, total_dy / n, total_dy_xhat / n, pad_mask
+                )
         grad_weight = _param_grad(sum_dy_xhat, weight, needs_weight)
         grad_bias = _param_grad(sum_dy, bias, needs_bias)
-        grad_input = None
-        if needs_input:
-            if ctx.group_name is not None:
-                sum_dy, sum_dy_xhat = distributed.all_reduce_sums(sum_dy, sum_dy_xhat, ctx.group_name)
-            n = count.clamp(min=1)
-            grad_input = _ops.batch_norm_backward_elemt(
-                grad_out, input, mean, invstd, weight, sum_dy / n, sum_dy_xhat / n, pad_mask
-            )
         return grad_input, grad_weight, grad_bias, None, None, None
 
 

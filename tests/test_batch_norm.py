@@ -294,6 +294,8 @@ def test_bad_input(device):
         torch.ops.norm_ext.batch_norm_train(x, None, None, -1e-5)
     with pytest.raises(ValueError, match="bias must have shape"):
         torch.ops.norm_ext.batch_norm_train(x, None, torch.zeros(4, device=device), 1e-5)
+    with pytest.raises(ValueError, match="grad_out has shape"):
+        torch.ops.norm_ext.batch_norm_train_backward(x[:2], x, x[0, :, 0], x[0, :, 0], None)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -310,6 +312,8 @@ def test_opcheck(device, fmt):
         (ops.batch_norm_stats.default, (rows, mask)),
         (ops.batch_norm_train.default, (x, w, b, 1e-5)),
         (ops.batch_norm_train.default, (rows, None, None, 0.0)),
+        (ops.batch_norm_train_backward.default, (torch.randn_like(x), x, mean, invstd, w)),
+        (ops.batch_norm_train_backward.default, (torch.randn_like(rows), rows, mean, invstd, None)),
         (ops.batch_norm_elemt.default, (x, mean, invstd, w, b)),
         (ops.batch_norm_elemt.default, (rows, mean, invstd, None, None, mask)),
         (ops.batch_norm_backward_reduce.default, (torch.randn_like(x), x, mean, invstd)),
@@ -397,11 +401,15 @@ def _check_train_op(threads, dtype, shape, fmt, offset):
     channels = shape[1]
     x = _make_input(shape, fmt, dtype, "cpu", offset=offset, scale=3.0)
     weight, bias = torch.randn(channels), torch.randn(channels)
+    grad = torch.randn_like(x)
+    ops = torch.ops.norm_ext
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out, mean, m2, invstd = torch.ops.norm_ext.batch_norm_train(x, weight, bias, 1e-5)
-        out_plain, _, _, _ = torch.ops.norm_ext.batch_norm_train(x, None, None, 1e-5)
+        out, mean, m2, invstd = ops.batch_norm_train(x, weight, bias, 1e-5)
+        out_plain, _, _, _ = ops.batch_norm_train(x, None, None, 1e-5)
+        dx, sum_dy, sum_dy_xhat = ops.batch_norm_train_backward(grad, x, mean, invstd, weight)
+        dx_plain, _, _ = ops.batch_norm_train_backward(grad, x, mean, invstd, None)
     finally:
         torch.set_num_threads(previous)
     x64 = x.double()
@@ -413,15 +421,28 @@ def _check_train_op(threads, dtype, shape, fmt, offset):
     torch.testing.assert_close(mean.double(), exp_mean, **stat_tol)
     torch.testing.assert_close(m2.double() / count, exp_var, atol=stat_tol["atol"], rtol=1e-4)
     torch.testing.assert_close(invstd.double(), (exp_var + 1e-5).rsqrt(), atol=0, rtol=1e-4)
-    expected, _, _ = ref.batch_norm(x64, None, None, weight.double(), bias.double(), True)
+    x64.requires_grad_()
+    w64, b64 = weight.double().requires_grad_(), bias.double().requires_grad_()
+    expected, _, _ = ref.batch_norm(x64, None, None, w64, b64, True)
     expected_plain, _, _ = ref.batch_norm(x64, None, None, None, None, True)
     assert out.stride() == x.stride() and out.dtype == dtype
     torch.testing.assert_close(out.double(), expected, **TOL[dtype])
     torch.testing.assert_close(out_plain.double(), expected_plain, **TOL[dtype])
+    edx, edw, edb = _grads(expected, (x64, w64, b64), grad.double())
+    (edx_plain,) = _grads(expected_plain, (x64,), grad.double())
+    assert dx.stride() == x.stride() and dx.dtype == dtype
+    torch.testing.assert_close(dx.double(), edx, **TOL[dtype])
+    torch.testing.assert_close(dx_plain.double(), edx_plain, **TOL[dtype])
+    torch.testing.assert_close(sum_dy_xhat.double(), edw, **PARAM_TOL[dtype])
+    torch.testing.assert_close(sum_dy.double(), edb, **PARAM_TOL[dtype])
 
 
 def test_train_op_empty_input():
-    out, mean, m2, invstd = torch.ops.norm_ext.batch_norm_train(torch.randn(0, 3, 4), None, None, 0.25)
+    empty = torch.randn(0, 3, 4)
+    out, mean, m2, invstd = torch.ops.norm_ext.batch_norm_train(empty, None, None, 0.25)
     assert out.shape == (0, 3, 4)
     assert torch.equal(mean, torch.zeros(3)) and torch.equal(m2, torch.zeros(3))
     torch.testing.assert_close(invstd, torch.full((3,), 2.0))
+    dx, sum_dy, sum_dy_xhat = torch.ops.norm_ext.batch_norm_train_backward(empty, empty, mean, invstd, None)
+    assert dx.shape == (0, 3, 4)
+    assert torch.equal(sum_dy, torch.zeros(3)) and torch.equal(sum_dy_xhat, torch.zeros(3))

@@ -1,9 +1,9 @@
 // CPU wrappers of the batch-norm family: per-channel statistics, the element-wise normalize, the
-// two in one for a training forward with the batch's own statistics, and the backward's per-channel
-// reduction and element-wise dx. BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are all built from
-// these ops (see norm_ext/ops.py). The wrappers check
-// inputs, bring them into a kernel layout and fold the per-channel coefficients (common/batch_norm.h);
-// the kernels themselves are in batch_norm_kernel_impl.h.
+// backward's per-channel reduction and element-wise dx, and, for a training step with the batch's
+// own statistics, each pair of those in one op (batch_norm_train and its backward). BatchNorm, SyncBatchNorm and
+// MaskedBatchNorm1d are all built from these ops (see norm_ext/ops.py). The wrappers check inputs, bring them into a
+// kernel layout and fold the per-channel coefficients (common/batch_norm.h); the kernels themselves are in
+// batch_norm_kernel_impl.h.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -79,6 +79,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(
                          out.mutable_data_ptr(), mean.mutable_data_ptr(), m2.mutable_data_ptr(),
                          invstd.mutable_data_ptr()});
   return {out, mean, m2, invstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_backward_cpu(const at::Tensor& grad_out_,
+                                                                             const at::Tensor& input_,
+                                                                             const at::Tensor& mean,
+                                                                             const at::Tensor& invstd,
+                                                                             const std::optional<at::Tensor>& weight) {
+  constexpr const char* op = "batch_norm_train_backward";
+  check_bn_input(op, input_);
+  check_cpu(op, input_);
+  check_grad_out(op, grad_out_, input_);
+  check_channel_vector(op, "mean", mean, input_);
+  check_channel_vector(op, "invstd", invstd, input_);
+  check_bn_affine(op, input_, weight, std::nullopt);
+  const bool cl = use_channels_last(input_);
+  const at::Tensor input = to_bn_layout(input_, cl);
+  const at::Tensor grad_out = to_bn_layout(grad_out_, cl);
+  const at::ScalarType acc = bn_acc_dtype(input.scalar_type());
+  const ChannelView v = bn_channel_view(input, cl);
+  at::Tensor grad_input = at::empty_like(input);
+  at::Tensor sum_dy = at::zeros({v.channels}, input.options().dtype(acc));
+  at::Tensor sum_dy_xhat = at::zeros_like(sum_dy);
+  if (input.numel() == 0) return {grad_input, sum_dy, sum_dy_xhat};
+  const at::Tensor mu = as_acc_vector(mean, acc);
+  const at::Tensor inv = as_acc_vector(invstd, acc);
+  const at::Tensor w = bn_defined(weight) ? as_acc_vector(*weight, acc) : at::Tensor();
+  cpu::batch_norm_train_backward({input.scalar_type(), kernel_shape(input, cl), grad_out.const_data_ptr(),
+                                  input.const_data_ptr(), mu.const_data_ptr(), inv.const_data_ptr(),
+                                  w.defined() ? w.const_data_ptr() : nullptr, grad_input.mutable_data_ptr(),
+                                  sum_dy.mutable_data_ptr(), sum_dy_xhat.mutable_data_ptr()});
+  return {grad_input, sum_dy, sum_dy_xhat};
 }
 
 at::Tensor run_affine(const at::Tensor& input, const at::Tensor* grad_out, const at::Tensor& mask, bool cl,
@@ -165,6 +196,7 @@ at::Tensor batch_norm_backward_elemt_cpu(const at::Tensor& grad_out_, const at::
 TORCH_LIBRARY_IMPL(norm_ext, CPU, m) {
   m.impl("batch_norm_stats", &norm_ext::batch_norm_stats_cpu);
   m.impl("batch_norm_train", &norm_ext::batch_norm_train_cpu);
+  m.impl("batch_norm_train_backward", &norm_ext::batch_norm_train_backward_cpu);
   m.impl("batch_norm_elemt", &norm_ext::batch_norm_elemt_cpu);
   m.impl("batch_norm_backward_reduce", &norm_ext::batch_norm_backward_reduce_cpu);
   m.impl("batch_norm_backward_elemt", &norm_ext::batch_norm_backward_elemt_cpu);

@@ -72,9 +72,25 @@ struct BatchNormTrainArgs {
   void* invstd;
 };
 
+// The backward of batch_norm_train: sum_dy and sum_dy_xhat per channel (also the bias and weight
+// gradients), and dx = a * (dy - sum_dy / count - x_hat * sum_dy_xhat / count), a = weight * invstd.
+struct BatchNormTrainBackwardArgs {
+  at::ScalarType dtype;
+  BatchNormShape shape;
+  const void* dy;
+  const void* x;
+  const void* mean;
+  const void* invstd;
+  const void* weight;  // null: 1
+  void* dx;
+  void* sum_dy;
+  void* sum_dy_xhat;
+};
+
 namespace isa_default {
 void batch_norm_stats(const BatchNormStatsArgs& args);
 void batch_norm_train(const BatchNormTrainArgs& args);
+void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args);
 void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
 void batch_norm_affine(const BatchNormAffineArgs& args);
 }  // namespace isa_default
@@ -82,6 +98,7 @@ void batch_norm_affine(const BatchNormAffineArgs& args);
 namespace isa_avx2 {
 void batch_norm_stats(const BatchNormStatsArgs& args);
 void batch_norm_train(const BatchNormTrainArgs& args);
+void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args);
 void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
 void batch_norm_affine(const BatchNormAffineArgs& args);
 }  // namespace isa_avx2
@@ -92,6 +109,10 @@ inline void batch_norm_stats(const BatchNormStatsArgs& args) {
 
 inline void batch_norm_train(const BatchNormTrainArgs& args) {
   detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_train(args) : isa_default::batch_norm_train(args);
+}
+
+inline void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args) {
+  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_train_backward(args) : isa_default::batch_norm_train_backward(args);
 }
 
 inline void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args) {

@@ -480,11 +480,12 @@ acc_t channel_invstd(acc_t m2, acc_t count, double eps) {
 // planes are still in this core's cache, reads it once (a third less traffic). That needs a channel
 // to fit a thread's share of the cache, and enough channels to keep every thread busy, since a
 // channel is then one thread's work.
+// The backward does the same with dy and x. `tensors` is how many inputs a channel's work reads.
 template <typename in_t>
-bool train_channel_fits_in_cache(const BatchNormShape& v) {
+bool train_channel_fits_in_cache(const BatchNormShape& v, int64_t tensors) {
   if (v.channels_last) return false;
   const int64_t threads = at::get_num_threads();
-  const int64_t channel_bytes = v.outer * v.inner * static_cast<int64_t>(sizeof(in_t));
+  const int64_t channel_bytes = tensors * v.outer * v.inner * static_cast<int64_t>(sizeof(in_t));
   return v.channels >= 2 * threads && 2 * threads * channel_bytes <= last_level_cache_bytes();
 }
 
@@ -534,7 +535,7 @@ void train_forward(const in_t* x, in_t* out, const BatchNormShape& v, const at::
                    const at::opmath_type<in_t>* weight, const at::opmath_type<in_t>* bias, double eps,
                    at::opmath_type<in_t>* mean, at::opmath_type<in_t>* m2, at::opmath_type<in_t>* invstd) {
   using acc_t = at::opmath_type<in_t>;
-  if (train_channel_fits_in_cache<in_t>(v)) {
+  if (train_channel_fits_in_cache<in_t>(v, 1)) {
     train_channels_first_in_cache<in_t>(x, out, v, shift, weight, bias, eps, mean, m2, invstd);
     return;
   }
@@ -555,6 +556,89 @@ void train_forward(const in_t* x, in_t* out, const BatchNormShape& v, const at::
     affine_channels_last<false, in_t>(x, nullptr, nullptr, out, v, k);
   } else {
     affine_channels_first<false, in_t>(x, nullptr, out, v, k);
+  }
+}
+
+// dx's coefficients in the form affine_plane takes: dx = (x - mean) * scale + shift + a * dy.
+template <typename acc_t>
+struct DxCoefs {
+  acc_t scale, shift, a;
+};
+
+template <typename acc_t>
+DxCoefs<acc_t> dx_coefs(acc_t sum_dy, acc_t sum_dy_xhat, acc_t invstd, acc_t weight, acc_t count) {
+  const acc_t a = weight * invstd;
+  return {-(a * invstd * (sum_dy_xhat / count)), -(a * (sum_dy / count)), a};
+}
+
+template <typename in_t>
+void train_backward_channels_first_in_cache(const in_t* dy, const in_t* x, in_t* dx, const BatchNormShape& v,
+                                            const at::opmath_type<in_t>* mean, const at::opmath_type<in_t>* invstd,
+                                            const at::opmath_type<in_t>* weight, at::opmath_type<in_t>* sum_dy_out,
+                                            at::opmath_type<in_t>* sum_dy_xhat_out) {
+  using acc_t = at::opmath_type<in_t>;
+  const bool stream = should_stream(dx, v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(in_t)));
+  at::parallel_for(0, v.channels, 1, [&](int64_t begin, int64_t end) {
+    const in_t* const gp = dy;
+    const in_t* const xp = x;
+    in_t* const op = dx;
+    const acc_t* const mu = mean;
+    const acc_t* const inv = invstd;
+    const acc_t* const w = weight;
+    acc_t* const out_dy = sum_dy_out;
+    acc_t* const out_dy_xhat = sum_dy_xhat_out;
+    const int64_t outer = v.outer, C = v.channels, inner = v.inner;
+    const acc_t count = static_cast<acc_t>(outer * inner);
+    for (int64_t c = begin; c < end; ++c) {
+      acc_t s_dy = 0, s_dy_xmu = 0;
+      for (int64_t n = 0; n < outer; ++n) {
+        const int64_t off = (n * C + c) * inner;
+        const auto [plane_dy, plane_dy_xmu] = plane_sum_and_dot_centred<acc_t>(gp + off, xp + off, inner, mu[c]);
+        s_dy += plane_dy;
+        s_dy_xmu += plane_dy_xmu;
+      }
+      const acc_t s_dy_xhat = s_dy_xmu * inv[c];
+      out_dy[c] = s_dy;
+      out_dy_xhat[c] = s_dy_xhat;
+      const DxCoefs<acc_t> k = dx_coefs(s_dy, s_dy_xhat, inv[c], w != nullptr ? w[c] : acc_t(1), count);
+      for (int64_t n = 0; n < outer; ++n) {
+        const int64_t off = (n * C + c) * inner;
+        affine_plane<true>(xp + off, gp + off, op + off, inner, mu[c], k.scale, k.shift, k.a, stream);
+      }
+    }
+    if (stream) stream_fence();
+  });
+}
+
+template <typename in_t>
+void train_backward(const in_t* dy, const in_t* x, in_t* dx, const BatchNormShape& v, const at::opmath_type<in_t>* mean,
+                    const at::opmath_type<in_t>* invstd, const at::opmath_type<in_t>* weight,
+                    at::opmath_type<in_t>* sum_dy, at::opmath_type<in_t>* sum_dy_xhat) {
+  using acc_t = at::opmath_type<in_t>;
+  if (train_channel_fits_in_cache<in_t>(v, 2)) {
+    train_backward_channels_first_in_cache<in_t>(dy, x, dx, v, mean, invstd, weight, sum_dy, sum_dy_xhat);
+    return;
+  }
+  if (v.channels_last) {
+    backward_reduce_channels_last<in_t>(dy, x, nullptr, v, mean, sum_dy, sum_dy_xhat);
+  } else {
+    backward_reduce_channels_first<in_t>(dy, x, v, mean, sum_dy, sum_dy_xhat);
+  }
+  const acc_t count = static_cast<acc_t>(v.outer * v.inner);
+  std::vector<acc_t> scale(v.channels), shift(v.channels), a(v.channels);
+  for (int64_t c = 0; c < v.channels; ++c) {
+    sum_dy_xhat[c] *= invstd[c];
+    const DxCoefs<acc_t> k =
+        dx_coefs(sum_dy[c], sum_dy_xhat[c], invstd[c], weight != nullptr ? weight[c] : acc_t(1), count);
+    scale[c] = k.scale;
+    shift[c] = k.shift;
+    a[c] = k.a;
+  }
+  const AffineCoefs<acc_t> k{mean, scale.data(), shift.data(), a.data()};
+  if (v.channels_last) {
+    affine_channels_last<true, in_t>(x, dy, nullptr, dx, v, k);
+  } else {
+    affine_channels_first<true, in_t>(x, dy, dx, v, k);
   }
 }
 
@@ -582,6 +666,16 @@ void batch_norm_train(const BatchNormTrainArgs& a) {
                             static_cast<const acc_t*>(a.shift), static_cast<const acc_t*>(a.weight),
                             static_cast<const acc_t*>(a.bias), a.eps, static_cast<acc_t*>(a.mean),
                             static_cast<acc_t*>(a.m2), static_cast<acc_t*>(a.invstd));
+  });
+}
+
+void batch_norm_train_backward(const BatchNormTrainBackwardArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_batch_norm_train_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    train_backward<scalar_t>(static_cast<const scalar_t*>(a.dy), static_cast<const scalar_t*>(a.x),
+                             static_cast<scalar_t*>(a.dx), a.shape, static_cast<const acc_t*>(a.mean),
+                             static_cast<const acc_t*>(a.invstd), static_cast<const acc_t*>(a.weight),
+                             static_cast<acc_t*>(a.sum_dy), static_cast<acc_t*>(a.sum_dy_xhat));
   });
 }
 

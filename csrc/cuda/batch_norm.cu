@@ -365,9 +365,9 @@ at::Tensor batch_norm_elemt_cuda(const at::Tensor& input_, const at::Tensor& mea
   return run_affine(input, nullptr, mask_or_undefined(pad_mask), cl, coefs);
 }
 
-// The statistics and affine kernels back to back. On the GPU the second read of x is mostly served by
-// L2 only for inputs that fit it (50 MB on an H100); a fused kernel that keeps each channel on chip
-// between the two passes is not written yet.
+// batch_norm_train and its backward: the statistics (reduction) and affine kernels back to back. On the GPU the second
+// read of x is mostly served by L2 only for inputs that fit it (50 MB on an H100); a fused kernel that keeps each
+// channel on chip between the two passes is not written yet.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     double eps) {
@@ -440,12 +440,30 @@ at::Tensor batch_norm_backward_elemt_cuda(const at::Tensor& grad_out_, const at:
   return run_affine(input, &grad_out, mask_or_undefined(pad_mask), cl, coefs);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_backward_cuda(const at::Tensor& grad_out,
+                                                                              const at::Tensor& input,
+                                                                              const at::Tensor& mean,
+                                                                              const at::Tensor& invstd,
+                                                                              const std::optional<at::Tensor>& weight) {
+  constexpr const char* op = "batch_norm_train_backward";
+  check_bn_input(op, input);
+  check_cuda(op, input);
+  check_bn_affine(op, input, weight, std::nullopt);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto [sum_dy, sum_dy_xhat] = batch_norm_backward_reduce_cuda(grad_out, input, mean, invstd, std::nullopt);
+  const double count = static_cast<double>(std::max<int64_t>(1, input.numel() / std::max<int64_t>(input.size(1), 1)));
+  const at::Tensor grad_input = batch_norm_backward_elemt_cuda(grad_out, input, mean, invstd, weight, sum_dy / count,
+                                                               sum_dy_xhat / count, std::nullopt);
+  return {grad_input, sum_dy, sum_dy_xhat};
+}
+
 }  // namespace
 }  // namespace norm_ext
 
 TORCH_LIBRARY_IMPL(norm_ext, CUDA, m) {
   m.impl("batch_norm_stats", &norm_ext::batch_norm_stats_cuda);
   m.impl("batch_norm_train", &norm_ext::batch_norm_train_cuda);
+  m.impl("batch_norm_train_backward", &norm_ext::batch_norm_train_backward_cuda);
   m.impl("batch_norm_elemt", &norm_ext::batch_norm_elemt_cuda);
   m.impl("batch_norm_backward_reduce", &norm_ext::batch_norm_backward_reduce_cuda);
   m.impl("batch_norm_backward_elemt", &norm_ext::batch_norm_backward_elemt_cuda);
