@@ -1,5 +1,5 @@
-"""Everything norm_ext exchanges between ranks: SyncBatchNorm's statistics and gradient sums, and the
-module conversions.
+"""Everything norm_ext exchanges between ranks: SyncBatchNorm's statistics and gradient sums,
+PowerNorm's quadratic-mean statistics, and the module conversions.
 
 Per training step a synchronised batch norm runs exactly two collectives, both through the process
 group's own backend (NCCL for CUDA tensors, gloo for CPU tensors):
@@ -9,7 +9,8 @@ group's own backend (NCCL for CUDA tensors, gloo for CPU tensors):
   (mean, invstd) keeps channels whose variance is below eps, and float64 keeps counts exact;
 * backward: one all_reduce of the two per-channel sums, ``sum(dy)`` and ``sum(dy * x_hat)``.
 
-Both are functional collectives (``torch.distributed._functional_collectives``): they take and
+PowerNorm runs one all_reduce of its per-channel sum of squares and token count in the forward.
+All are functional collectives (``torch.distributed._functional_collectives``): they take and
 return tensors, so torch.compile traces them into the graph (``fullgraph=True`` works), and nothing
 reads a value on the host. A rank with an empty batch sends count 0 and takes part as usual.
 """
@@ -146,20 +147,9 @@ def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------------------
 
 
-def power_norm_process_group(process_group: dist.ProcessGroup | None) -> dist.ProcessGroup | None:
-    """The group to sync PowerNorm statistics over: ``process_group``, else the default group when
-    torch.distributed is initialized with more than one rank, else None (no sync)."""
-    if not dist.is_available() or not dist.is_initialized():
-        return None
-    group = process_group if process_group is not None else dist.group.WORLD
-    return group if dist.get_world_size(group) > 1 else None
-
-
-def all_reduce_power_norm_stats(
-    sum_sq: Tensor, count: Tensor, process_group: dist.ProcessGroup | None
-) -> Tuple[Tensor, Tensor]:
-    """Sums the per-channel sum of squares and the valid-token count over the ranks of ``process_group``
-    in one all_reduce, so that ``sum_sq / count`` is the count-weighted mean of each rank's quadratic mean."""
-    packed = torch.cat([sum_sq, count.reshape(1)])
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=process_group)
+def all_reduce_power_norm_stats(sum_sq: Tensor, count: Tensor, group_name: str) -> Tuple[Tensor, Tensor]:
+    """Sums the per-channel sum of squares and the valid-token count over the ranks of the group in one
+    all_reduce, so that ``sum_sq / count`` is the count-weighted mean of each rank's quadratic mean. A
+    functional collective, like SyncBatchNorm's, so torch.compile traces it."""
+    packed = funcol.all_reduce(torch.cat([sum_sq, count.reshape(1)]), "sum", group_name)
     return packed[:-1], packed[-1]

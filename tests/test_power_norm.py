@@ -224,13 +224,15 @@ def _distributed_worker(rank, world_size, port, results):
         pad_mask = _mask(4, 5, [5, 2, 4, 1]).reshape(world_size, 4 // world_size, 5)
         x = x.reshape(world_size, 4 // world_size, 5, 6)
         module = norm_ext.nn.PowerNorm(6, warmup_iters=2)
+        compiled = norm_ext.nn.PowerNorm(6, warmup_iters=2)
         module(x[rank], pad_mask[rank])
-        results[rank] = module.running_phi.clone()
+        torch.compile(compiled, fullgraph=True)(x[rank], pad_mask[rank])
+        results[rank] = module.running_phi.clone(), compiled.running_phi.clone()
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_use_count_weighted_statistics():
+def test_two_gloo_ranks_use_count_weighted_statistics_eager_and_compiled():
     world_size = 2
     results = mp.Manager().dict()
     mp.spawn(_distributed_worker, args=(world_size, _free_port(), results), nprocs=world_size)
@@ -240,7 +242,9 @@ def test_two_gloo_ranks_use_count_weighted_statistics():
     scaled = reference.group_scaling(x, 1, 1e-5)[~pad_mask]
     expected = (scaled * scaled).mean(dim=0)
     for rank in range(world_size):
-        torch.testing.assert_close(results[rank].double(), expected, atol=1e-5, rtol=1e-5)
+        eager, compiled = results[rank]
+        torch.testing.assert_close(eager.double(), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled.double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @needs_cuda

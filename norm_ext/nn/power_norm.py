@@ -96,9 +96,9 @@ class PowerNorm(torch.nn.Module):
     def _batch_quadratic_mean(self, x: Tensor, pad_mask: Tensor | None) -> Tensor:
         # The statistics are constants to autograd: the approximate backward stands in for their gradient.
         sum_sq, count = _ops.power_norm_stats(x.detach(), pad_mask)
-        group = distributed.power_norm_process_group(self.process_group)
-        if group is not None:
-            sum_sq, count = distributed.all_reduce_power_norm_stats(sum_sq, count, group)
+        group_name = distributed.sync_group_name(self.process_group)
+        if group_name is not None:
+            sum_sq, count = distributed.all_reduce_power_norm_stats(sum_sq, count, group_name)
         return sum_sq / count.clamp_min(1.0)
 
     def forward(self, input: Tensor, pad_mask: Tensor | None = None) -> Tensor:
