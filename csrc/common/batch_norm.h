@@ -112,6 +112,16 @@ inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at:
                    " differs from the input's ", input.scalar_type());
 }
 
+// What every backward op checks: the input, a grad_out of its shape and dtype, and the forward's
+// per-channel mean and invstd.
+inline void check_bn_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& input,
+                                     const at::Tensor& mean, const at::Tensor& invstd) {
+  check_bn_input(op, input);
+  check_grad_out(op, grad_out, input);
+  check_channel_vector(op, "mean", mean, input);
+  check_channel_vector(op, "invstd", invstd, input);
+}
+
 struct ChannelAffine {
   at::Tensor mean;
   at::Tensor scale;

@@ -387,11 +387,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce_cuda(const at::Ten
                                                                    const at::Tensor& invstd,
                                                                    const std::optional<at::Tensor>& pad_mask) {
   constexpr const char* op = "batch_norm_backward_reduce";
-  check_bn_input(op, input_);
+  check_bn_backward_inputs(op, grad_out_, input_, mean_, invstd);
   check_cuda(op, input_);
-  check_grad_out(op, grad_out_, input_);
-  check_channel_vector(op, "mean", mean_, input_);
-  check_channel_vector(op, "invstd", invstd, input_);
   check_pad_mask(op, pad_mask, input_);
   const c10::cuda::CUDAGuard guard(input_.device());
   const bool cl = use_channels_last(input_);
@@ -422,11 +419,8 @@ at::Tensor batch_norm_backward_elemt_cuda(const at::Tensor& grad_out_, const at:
                                           const std::optional<at::Tensor>& mean_dy_xhat,
                                           const std::optional<at::Tensor>& pad_mask) {
   constexpr const char* op = "batch_norm_backward_elemt";
-  check_bn_input(op, input_);
+  check_bn_backward_inputs(op, grad_out_, input_, mean, invstd);
   check_cuda(op, input_);
-  check_grad_out(op, grad_out_, input_);
-  check_channel_vector(op, "mean", mean, input_);
-  check_channel_vector(op, "invstd", invstd, input_);
   if (bn_defined(mean_dy)) check_channel_vector(op, "mean_dy", *mean_dy, input_);
   if (bn_defined(mean_dy_xhat)) check_channel_vector(op, "mean_dy_xhat", *mean_dy_xhat, input_);
   check_bn_affine(op, input_, weight, std::nullopt);
