@@ -477,10 +477,9 @@ acc_t channel_invstd(acc_t m2, acc_t count, double eps) {
 
 // The statistics op followed by the affine op reads a channels-first x from DRAM twice: the input
 // is far larger than the cache. Normalizing each channel right after its statistics, while its N
-// planes are still in this core's cache, reads it once (a third less traffic). That needs a channel
-// to fit a thread's share of the cache, and enough channels to keep every thread busy, since a
-// channel is then one thread's work.
-// The backward does the same with dy and x. `tensors` is how many inputs a channel's work reads.
+// planes are still in this core's cache, reads it once (a third less traffic); the backward does the
+// same with dy and x. That needs a channel's `tensors` inputs to fit a thread's share of the cache,
+// and enough channels to keep every thread busy, since a channel is then one thread's work.
 template <typename in_t>
 bool train_channel_fits_in_cache(const BatchNormShape& v, int64_t tensors) {
   if (v.channels_last) return false;

@@ -365,8 +365,8 @@ at::Tensor batch_norm_elemt_cuda(const at::Tensor& input_, const at::Tensor& mea
   return run_affine(input, nullptr, mask_or_undefined(pad_mask), cl, coefs);
 }
 
-// batch_norm_train and its backward: the statistics (reduction) and affine kernels back to back. On the GPU the second
-// read of x is mostly served by L2 only for inputs that fit it (50 MB on an H100); a fused kernel that keeps each
+// batch_norm_train and its backward: the reduction and affine kernels back to back. The second read
+// of x comes from L2 only when the input fits it (50 MB on an H100); a fused kernel that keeps each
 // channel on chip between the two passes is not written yet.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
