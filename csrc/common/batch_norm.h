@@ -112,6 +112,14 @@ inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at:
                    " differs from the input's ", input.scalar_type());
 }
 
+// What batch_norm_train checks: the input, its affine parameters and eps.
+inline void check_bn_train_inputs(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, double eps) {
+  check_bn_input(op, input);
+  check_bn_affine(op, input, weight, bias);
+  check_eps(op, eps);
+}
+
 // What every backward op checks: the input, a grad_out of its shape and dtype, and the forward's
 // per-channel mean and invstd.
 inline void check_bn_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& input,

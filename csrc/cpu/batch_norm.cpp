@@ -57,10 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cpu(
                                                                                 const std::optional<at::Tensor>& bias,
                                                                                 double eps) {
   constexpr const char* op = "batch_norm_train";
-  check_bn_input(op, input_);
+  check_bn_train_inputs(op, input_, weight, bias, eps);
   check_cpu(op, input_);
-  check_bn_affine(op, input_, weight, bias);
-  check_eps(op, eps);
   const bool cl = use_channels_last(input_);
   const at::Tensor input = to_bn_layout(input_, cl);
   const ChannelView v = bn_channel_view(input, cl);

@@ -372,10 +372,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_train_cuda
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     double eps) {
   constexpr const char* op = "batch_norm_train";
-  check_bn_input(op, input);
+  check_bn_train_inputs(op, input, weight, bias, eps);
   check_cuda(op, input);
-  check_bn_affine(op, input, weight, bias);
-  check_eps(op, eps);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto [count, mean, m2] = batch_norm_stats_cuda(input, std::nullopt);
   const at::Tensor invstd = (m2 / count.clamp_min(1) + eps).rsqrt();
@@ -440,7 +438,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train_backward_cuda(co
                                                                               const at::Tensor& invstd,
                                                                               const std::optional<at::Tensor>& weight) {
   constexpr const char* op = "batch_norm_train_backward";
-  check_bn_input(op, input);
+  check_bn_backward_inputs(op, grad_out, input, mean, invstd);
   check_cuda(op, input);
   check_bn_affine(op, input, weight, std::nullopt);
   const c10::cuda::CUDAGuard guard(input.device());
