@@ -131,6 +131,14 @@ std::vector<acc_t> materialize_param(const acc_t* p, int64_t c, acc_t fallback) 
   return p != nullptr ? std::vector<acc_t>(p, p + c) : std::vector<acc_t>(c, fallback);
 }
 
+// Whether the output (y or dx, N * C * HW elements at out) of a pass goes out through non-temporal
+// stores: only a large output in memory already mapped in (see should_stream). The passes that read
+// a cached sample or group then keep it in the cache instead of making room for their output.
+template <typename in_t>
+bool output_streams(const in_t* out, const GroupNormShape& s) {
+  return should_stream(out, s.n * s.c * s.hw * static_cast<int64_t>(sizeof(in_t)));
+}
+
 // The forward's activation of z = xhat * w + b.
 template <bool kSilu, typename acc_t>
 Vectorized<acc_t> activate(const Vectorized<acc_t>& z) {
@@ -179,39 +187,39 @@ acc_t dz_of(acc_t dy, acc_t xhat, acc_t w, acc_t b) {
 // ----- forward -------------------------------------------------------------------------------------
 
 // y = act(((x - origin) - mu) * scale + shift) over one channel's plane; mu is relative to `origin`
-// (zero when it is absolute). With `next`, the n elements there are pulled into L2 meanwhile.
+// (zero when it is absolute). With `next`, the n elements there are pulled into L2 meanwhile. With
+// `stream`, y goes out through non-temporal stores (see output_streams).
 template <bool kSilu, typename in_t, typename acc_t>
 void normalize_plane(const in_t* x, in_t* y, int64_t n, acc_t origin, acc_t mu, acc_t scale, acc_t shift,
-                     const in_t* next) {
+                     const in_t* next, bool stream) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec vo(origin), vmu(mu), vs(scale), vt(shift);
-  int64_t i = 0;
-  for (; i + kStep <= n; i += kStep) {
-    if (next) prefetch_l2(next + i);
-    const auto [x0, x1] = load_pair<acc_t>(x + i);
-    store_pair(y + i, activate<kSilu>(at::vec::fmadd((x0 - vo) - vmu, vs, vt)),
-               activate<kSilu>(at::vec::fmadd((x1 - vo) - vmu, vs, vt)));
-  }
-  for (; i < n; ++i)
-    y[i] = static_cast<in_t>(activate<kSilu>(((static_cast<acc_t>(x[i]) - origin) - mu) * scale + shift));
+  write_span<acc_t>(
+      y, n, stream,
+      [&](int64_t i) {
+        if (next) prefetch_l2(next + i);
+        const auto [x0, x1] = load_pair<acc_t>(x + i);
+        return std::pair{activate<kSilu>(at::vec::fmadd((x0 - vo) - vmu, vs, vt)),
+                         activate<kSilu>(at::vec::fmadd((x1 - vo) - vmu, vs, vt))};
+      },
+      [&](int64_t i) { return activate<kSilu>(((static_cast<acc_t>(x[i]) - origin) - mu) * scale + shift); });
 }
 
 // y = act((x - mu) * scale + shift) over a channels-last row, with per-channel mu, scale and shift.
 template <bool kSilu, typename in_t, typename acc_t>
-void normalize_row(const in_t* x, in_t* y, int64_t C, const acc_t* mu, const acc_t* scale, const acc_t* shift) {
-  constexpr int64_t kStep = kPairLanes<acc_t>;
-  int64_t c = 0;
-  for (; c + kStep <= C; c += kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(x + c);
-    const auto [m0, m1] = load_pair<acc_t>(mu + c);
-    const auto [s0, s1] = load_pair<acc_t>(scale + c);
-    const auto [t0, t1] = load_pair<acc_t>(shift + c);
-    store_pair(y + c, activate<kSilu>(at::vec::fmadd(x0 - m0, s0, t0)),
-               activate<kSilu>(at::vec::fmadd(x1 - m1, s1, t1)));
-  }
-  for (; c < C; ++c)
-    y[c] = static_cast<in_t>(activate<kSilu>((static_cast<acc_t>(x[c]) - mu[c]) * scale[c] + shift[c]));
+void normalize_row(const in_t* x, in_t* y, int64_t C, const acc_t* mu, const acc_t* scale, const acc_t* shift,
+                   bool stream) {
+  write_span<acc_t>(
+      y, C, stream,
+      [&](int64_t c) {
+        const auto [x0, x1] = load_pair<acc_t>(x + c);
+        const auto [m0, m1] = load_pair<acc_t>(mu + c);
+        const auto [s0, s1] = load_pair<acc_t>(scale + c);
+        const auto [t0, t1] = load_pair<acc_t>(shift + c);
+        return std::pair{activate<kSilu>(at::vec::fmadd(x0 - m0, s0, t0)),
+                         activate<kSilu>(at::vec::fmadd(x1 - m1, s1, t1))};
+      },
+      [&](int64_t c) { return activate<kSilu>((static_cast<acc_t>(x[c]) - mu[c]) * scale[c] + shift[c]); });
 }
 
 // Rows handled per sweep of the channels-last statistics: the per-channel accumulators are loaded
@@ -387,6 +395,7 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
 template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const acc_t* mean_nc, const acc_t* scale_nc,
                           const acc_t* shift_c) {
+  const bool stream = output_streams(y, s);
   if (!s.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
     at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
@@ -396,8 +405,9 @@ void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const
       const int64_t C = s.c, hw = s.hw;
       for (int64_t plane = begin; plane < end; ++plane) {
         normalize_plane<kSilu>(xp + plane * hw, yp + plane * hw, hw, acc_t(0), mu[plane], scale[plane],
-                               shift[plane % C], static_cast<const in_t*>(nullptr));
+                               shift[plane % C], static_cast<const in_t*>(nullptr), stream);
       }
+      if (stream) stream_fence();
     });
   } else {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.c);
@@ -408,8 +418,9 @@ void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const
       const int64_t C = s.c, hw = s.hw;
       for (int64_t r = begin; r < end; ++r) {
         const int64_t nc0 = (r / hw) * C;
-        normalize_row<kSilu>(xp + r * C, yp + r * C, C, mu + nc0, scale + nc0, shift);
+        normalize_row<kSilu>(xp + r * C, yp + r * C, C, mu + nc0, scale + nc0, shift, stream);
       }
+      if (stream) stream_fence();
     });
   }
 }
@@ -419,6 +430,7 @@ void group_norm_apply_cpu(const in_t* x, in_t* y, const GroupNormShape& s, const
 template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_fused_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& s, double eps, const acc_t* w,
                                   const acc_t* b, acc_t* mean, acc_t* rstd) {
+  const bool stream = output_streams(y, s);
   at::parallel_for(0, s.n * s.groups, 1, [&](int64_t begin, int64_t end) {
     const in_t* const xp = x;
     in_t* const yp = y;
@@ -439,9 +451,10 @@ void group_norm_fused_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& 
       for (int64_t d = 0; d < D; ++d) {
         const int64_t c = c0 + d;
         normalize_plane<kSilu>(gx + d * hw, gy + d * hw, hw, shift, st.mean, r * param_or(wp, c, acc_t(1)),
-                               param_or(bp, c, acc_t(0)), next_group ? next_group + d * hw : nullptr);
+                               param_or(bp, c, acc_t(0)), next_group ? next_group + d * hw : nullptr, stream);
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -452,6 +465,7 @@ template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_fused_channels_last_forward_cpu(const in_t* x, in_t* y, const GroupNormShape& s, double eps,
                                                 const acc_t* w, const acc_t* b, acc_t* mean, acc_t* rstd) {
   const std::vector<acc_t> shift_c = materialize_param(b, s.c, acc_t(0));
+  const bool stream = output_streams(y, s);
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
     const GroupNormShape sh = s;
     const in_t* const xp = x;
@@ -487,9 +501,10 @@ void group_norm_fused_channels_last_forward_cpu(const in_t* x, in_t* y, const Gr
         }
       }
       for (int64_t row = 0; row < hw; ++row) {
-        normalize_row<kSilu>(sample + row * C, out + row * C, C, mu_c.data(), scale_c.data(), shift);
+        normalize_row<kSilu>(sample + row * C, out + row * C, C, mu_c.data(), scale_c.data(), shift, stream);
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -536,12 +551,11 @@ std::pair<acc_t, acc_t> plane_dz_sums(const in_t* dy, const in_t* x, int64_t n, 
 
 // dx = r * (dz * w - mean_dz - xhat * mean_dz_xhat) over one channel's plane; dz is read from
 // dz_cache (kCached) or recomputed from dy. With next_offset (0 for none), the n elements of x and dy
-// that far ahead are pulled into L2 meanwhile.
+// that far ahead are pulled into L2 meanwhile. With `stream`, dx goes out through non-temporal stores.
 template <bool kSilu, bool kCached, typename in_t, typename acc_t>
 void plane_grad_input(const in_t* dy, const acc_t* dz_cache, const in_t* x, in_t* dx, int64_t n, acc_t mu, acc_t r,
-                      acc_t w, acc_t b, acc_t mean_dz, acc_t mean_dz_xhat, int64_t next_offset) {
+                      acc_t w, acc_t b, acc_t mean_dz, acc_t mean_dz_xhat, int64_t next_offset, bool stream) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec vmu(mu), vr(r), vw(w), vb(b), vmdz(mean_dz), vmdzx(mean_dz_xhat);
   const auto dz_at = [&](int64_t i, const Vec& xh0, const Vec& xh1) -> std::pair<Vec, Vec> {
     if constexpr (kCached) {
@@ -551,34 +565,37 @@ void plane_grad_input(const in_t* dy, const acc_t* dz_cache, const in_t* x, in_t
       return {dz_of<kSilu>(g0, xh0, vw, vb), dz_of<kSilu>(g1, xh1, vw, vb)};
     }
   };
-  int64_t i = 0;
-  for (; i + kStep <= n; i += kStep) {
-    if (next_offset != 0) {
-      prefetch_l2(x + next_offset + i);
-      prefetch_l2(dy + next_offset + i);
-    }
-    const auto [x0, x1] = load_pair<acc_t>(x + i);
-    const Vec xh0 = (x0 - vmu) * vr, xh1 = (x1 - vmu) * vr;
-    const auto [dz0, dz1] = dz_at(i, xh0, xh1);
-    store_pair(dx + i, vr * (dz0 * vw - vmdz - xh0 * vmdzx), vr * (dz1 * vw - vmdz - xh1 * vmdzx));
-  }
-  for (; i < n; ++i) {
-    const acc_t xhat = (static_cast<acc_t>(x[i]) - mu) * r;
-    const acc_t dz = kCached ? dz_cache[i] : dz_of<kSilu>(static_cast<acc_t>(dy[i]), xhat, w, b);
-    dx[i] = static_cast<in_t>(r * (dz * w - mean_dz - xhat * mean_dz_xhat));
-  }
+  write_span<acc_t>(
+      dx, n, stream,
+      [&](int64_t i) {
+        if (next_offset != 0) {
+          prefetch_l2(x + next_offset + i);
+          prefetch_l2(dy + next_offset + i);
+        }
+        const auto [x0, x1] = load_pair<acc_t>(x + i);
+        const Vec xh0 = (x0 - vmu) * vr, xh1 = (x1 - vmu) * vr;
+        const auto [dz0, dz1] = dz_at(i, xh0, xh1);
+        return std::pair{vr * (dz0 * vw - vmdz - xh0 * vmdzx), vr * (dz1 * vw - vmdz - xh1 * vmdzx)};
+      },
+      [&](int64_t i) {
+        const acc_t xhat = (static_cast<acc_t>(x[i]) - mu) * r;
+        const acc_t dz = kCached ? dz_cache[i] : dz_of<kSilu>(static_cast<acc_t>(dy[i]), xhat, w, b);
+        return r * (dz * w - mean_dz - xhat * mean_dz_xhat);
+      });
 }
 
 // x_hat and dz at channels [c, c + kPairLanes) of a channels-last row, with per-channel mu, r, w, b:
-// what both passes of the channels-last backward recompute from x and dy.
+// what both passes of the channels-last backward recompute from x and dy. Always inlined: out of
+// line (as GCC had left it) it returned its four vectors through memory, and a bf16 channels-last
+// backward ran 1.2-1.4x slower.
 template <typename acc_t>
 struct XhatDzPair {
   Vectorized<acc_t> xh0, xh1, dz0, dz1;
 };
 
 template <bool kSilu, typename in_t, typename acc_t>
-XhatDzPair<acc_t> xhat_dz_pair(const in_t* dy, const in_t* x, const acc_t* mu, const acc_t* r, const acc_t* w,
-                               const acc_t* b, int64_t c) {
+C10_ALWAYS_INLINE XhatDzPair<acc_t> xhat_dz_pair(const in_t* dy, const in_t* x, const acc_t* mu, const acc_t* r,
+                                                 const acc_t* w, const acc_t* b, int64_t c) {
   const auto [g0, g1] = load_pair<acc_t>(dy + c);
   const auto [x0, x1] = load_pair<acc_t>(x + c);
   const auto [m0, m1] = load_pair<acc_t>(mu + c);
@@ -595,8 +612,8 @@ XhatDzPair<acc_t> xhat_dz_pair(const in_t* dy, const in_t* x, const acc_t* mu, c
 
 // The same for channel c alone (the row's tail): (x_hat, dz).
 template <bool kSilu, typename in_t, typename acc_t>
-std::pair<acc_t, acc_t> xhat_dz_at(const in_t* dy, const in_t* x, const acc_t* mu, const acc_t* r, const acc_t* w,
-                                   const acc_t* b, int64_t c) {
+C10_ALWAYS_INLINE std::pair<acc_t, acc_t> xhat_dz_at(const in_t* dy, const in_t* x, const acc_t* mu, const acc_t* r,
+                                                     const acc_t* w, const acc_t* b, int64_t c) {
   const acc_t xhat = (static_cast<acc_t>(x[c]) - mu[c]) * r[c];
   return {xhat, dz_of<kSilu>(static_cast<acc_t>(dy[c]), xhat, w[c], b[c])};
 }
@@ -624,21 +641,21 @@ void row_dz_sums(const in_t* dy, const in_t* x, int64_t C, const acc_t* mu, cons
 // dx = r * (dz * w - coef_dz - xhat * coef_xhat) over a channels-last row, all per channel.
 template <bool kSilu, typename in_t, typename acc_t>
 void row_grad_input(const in_t* dy, const in_t* x, in_t* dx, int64_t C, const acc_t* mu, const acc_t* r, const acc_t* w,
-                    const acc_t* b, const acc_t* coef_dz, const acc_t* coef_xhat) {
-  constexpr int64_t kStep = kPairLanes<acc_t>;
-  int64_t c = 0;
-  for (; c + kStep <= C; c += kStep) {
-    const auto [xh0, xh1, dz0, dz1] = xhat_dz_pair<kSilu>(dy, x, mu, r, w, b, c);
-    const auto [r0, r1] = load_pair<acc_t>(r + c);
-    const auto [w0, w1] = load_pair<acc_t>(w + c);
-    const auto [k0, k1] = load_pair<acc_t>(coef_dz + c);
-    const auto [h0, h1] = load_pair<acc_t>(coef_xhat + c);
-    store_pair(dx + c, r0 * (dz0 * w0 - k0 - xh0 * h0), r1 * (dz1 * w1 - k1 - xh1 * h1));
-  }
-  for (; c < C; ++c) {
-    const auto [xhat, dz] = xhat_dz_at<kSilu>(dy, x, mu, r, w, b, c);
-    dx[c] = static_cast<in_t>(r[c] * (dz * w[c] - coef_dz[c] - xhat * coef_xhat[c]));
-  }
+                    const acc_t* b, const acc_t* coef_dz, const acc_t* coef_xhat, bool stream) {
+  write_span<acc_t>(
+      dx, C, stream,
+      [&](int64_t c) {
+        const auto [xh0, xh1, dz0, dz1] = xhat_dz_pair<kSilu>(dy, x, mu, r, w, b, c);
+        const auto [r0, r1] = load_pair<acc_t>(r + c);
+        const auto [w0, w1] = load_pair<acc_t>(w + c);
+        const auto [k0, k1] = load_pair<acc_t>(coef_dz + c);
+        const auto [h0, h1] = load_pair<acc_t>(coef_xhat + c);
+        return std::pair{r0 * (dz0 * w0 - k0 - xh0 * h0), r1 * (dz1 * w1 - k1 - xh1 * h1)};
+      },
+      [&](int64_t c) {
+        const auto [xhat, dz] = xhat_dz_at<kSilu>(dy, x, mu, r, w, b, c);
+        return r[c] * (dz * w[c] - coef_dz[c] - xhat * coef_xhat[c]);
+      });
 }
 
 // Pass 1 of the backward: sum_dz[n, c] = sum_hw dz and sum_dz_xhat[n, c] = sum_hw dz * xhat, with
@@ -748,6 +765,7 @@ template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const GroupNormShape& s, const acc_t* mean_nc,
                                const acc_t* rstd_nc, const acc_t* coef_dz, const acc_t* coef_xhat, const acc_t* w_c,
                                const acc_t* b_c) {
+  const bool stream = output_streams(dx, s);
   if (!s.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(s.hw, 1));
     at::parallel_for(0, s.n * s.c, grain, [&](int64_t begin, int64_t end) {
@@ -759,8 +777,9 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
       for (int64_t plane = begin; plane < end; ++plane) {
         const int64_t c = plane % C, off = plane * hw;
         plane_grad_input<kSilu, false>(gp + off, static_cast<const acc_t*>(nullptr), xp + off, dxp + off, hw, mu[plane],
-                                       r[plane], wp[c], bp[c], cdz[plane], cx[plane], 0);
+                                       r[plane], wp[c], bp[c], cdz[plane], cx[plane], 0, stream);
       }
+      if (stream) stream_fence();
     });
   } else {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / s.c);
@@ -772,8 +791,9 @@ void group_norm_grad_input_cpu(const in_t* dy, const in_t* x, in_t* dx, const Gr
       const int64_t C = s.c, hw = s.hw;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t off = row * C, nc0 = (row / hw) * C;
-        row_grad_input<kSilu>(gp + off, xp + off, dxp + off, C, mu + nc0, r + nc0, wp, bp, cdz + nc0, cx + nc0);
+        row_grad_input<kSilu>(gp + off, xp + off, dxp + off, C, mu + nc0, r + nc0, wp, bp, cdz + nc0, cx + nc0, stream);
       }
+      if (stream) stream_fence();
     });
   }
 }
@@ -787,6 +807,7 @@ void group_norm_fused_channels_last_backward_cpu(const in_t* dy, const in_t* x, 
                                                  const acc_t* mean_nc, const acc_t* rstd_nc, const acc_t* w,
                                                  const acc_t* w_c, const acc_t* b_c, acc_t* sum_dz,
                                                  acc_t* sum_dz_xhat) {
+  const bool stream = output_streams(dx, s);
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
     const GroupNormShape sh = s;
     const in_t *const gp = dy, *const xp = x;
@@ -817,9 +838,11 @@ void group_norm_fused_channels_last_backward_cpu(const in_t* dy, const in_t* x, 
       }
       for (int64_t row = 0; row < hw; ++row) {
         const int64_t off = (n * hw + row) * C;
-        row_grad_input<kSilu>(gp + off, xp + off, dxp + off, C, mu, r, wc, bc, coef_dz.data(), coef_xhat.data());
+        row_grad_input<kSilu>(gp + off, xp + off, dxp + off, C, mu, r, wc, bc, coef_dz.data(), coef_xhat.data(),
+                              stream);
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -830,6 +853,7 @@ template <bool kSilu, typename in_t, typename acc_t>
 void group_norm_fused_backward_cpu(const in_t* dy, const in_t* x, in_t* dx, const GroupNormShape& s, const acc_t* mean,
                                    const acc_t* rstd, const acc_t* w, const acc_t* b, acc_t* sum_dz,
                                    acc_t* sum_dz_xhat) {
+  const bool stream = output_streams(dx, s);
   at::parallel_for(0, s.n * s.groups, 1, [&](int64_t begin, int64_t end) {
     const GroupNormShape sh = s;
     const in_t *const gp = dy, *const xp = x;
@@ -856,9 +880,10 @@ void group_norm_fused_backward_cpu(const in_t* dy, const in_t* x, in_t* dx, cons
         const int64_t c = c0 + d, off = offset + d * hw;
         plane_grad_input<kSilu, kSilu>(gp + off, dz_cache.data() + d * hw, xp + off, dxp + off, hw, mu, r,
                                        param_or(wp, c, acc_t(1)), param_or(bp, c, acc_t(0)), mean_dz, mean_dz_xhat,
-                                       next_offset);
+                                       next_offset, stream);
       }
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -88,62 +88,72 @@ void slice_dots_impl(const in_t* a, const in_t* b, at::opmath_type<in_t>* out, c
   });
 }
 
+// Whether an output of `elements` at out goes out through non-temporal stores (see should_stream):
+// the weights of a large layer are read once and written once, so nothing gains from caching them.
+template <typename in_t>
+bool output_streams(const in_t* out, int64_t elements) {
+  return should_stream(out, elements * static_cast<int64_t>(sizeof(in_t)));
+}
+
 // alpha * x - beta * y (or alpha * x) over a contiguous run with per-run coefficients.
 template <bool kWithY, typename in_t, typename acc_t>
-void run_axpby(const in_t* x, const in_t* y, in_t* out, int64_t n, acc_t alpha, acc_t beta) {
+void run_axpby(const in_t* x, const in_t* y, in_t* out, int64_t n, acc_t alpha, acc_t beta, bool stream) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t kStep = kPairLanes<acc_t>;
   const Vec va(alpha), vb(beta);
-  int64_t i = 0;
-  for (; i + kStep <= n; i += kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(x + i);
-    if constexpr (kWithY) {
-      const auto [y0, y1] = load_pair<acc_t>(y + i);
-      store_pair(out + i, at::vec::fmsub(va, x0, vb * y0), at::vec::fmsub(va, x1, vb * y1));
-    } else {
-      store_pair(out + i, va * x0, va * x1);
-    }
-  }
-  for (; i < n; ++i) {
-    acc_t r = alpha * static_cast<acc_t>(x[i]);
-    if constexpr (kWithY) r -= beta * static_cast<acc_t>(y[i]);
-    out[i] = static_cast<in_t>(r);
-  }
+  write_span<acc_t>(
+      out, n, stream,
+      [&](int64_t i) {
+        const auto [x0, x1] = load_pair<acc_t>(x + i);
+        if constexpr (kWithY) {
+          const auto [y0, y1] = load_pair<acc_t>(y + i);
+          return std::pair{at::vec::fmsub(va, x0, vb * y0), at::vec::fmsub(va, x1, vb * y1)};
+        } else {
+          return std::pair{va * x0, va * x1};
+        }
+      },
+      [&](int64_t i) {
+        acc_t r = alpha * static_cast<acc_t>(x[i]);
+        if constexpr (kWithY) r -= beta * static_cast<acc_t>(y[i]);
+        return r;
+      });
 }
 
 // The same over one outer row of inner = 1 data, where slice d's coefficients vary along the row.
 template <bool kWithY, typename in_t, typename acc_t>
-void row_axpby_per_slice(const in_t* x, const in_t* y, in_t* out, int64_t S, const acc_t* alpha, const acc_t* beta) {
-  constexpr int64_t kStep = kPairLanes<acc_t>;
-  int64_t d = 0;
-  for (; d + kStep <= S; d += kStep) {
-    const auto [x0, x1] = load_pair<acc_t>(x + d);
-    const auto [a0, a1] = load_pair<acc_t>(alpha + d);
-    if constexpr (kWithY) {
-      const auto [y0, y1] = load_pair<acc_t>(y + d);
-      const auto [b0, b1] = load_pair<acc_t>(beta + d);
-      store_pair(out + d, at::vec::fmsub(a0, x0, b0 * y0), at::vec::fmsub(a1, x1, b1 * y1));
-    } else {
-      store_pair(out + d, a0 * x0, a1 * x1);
-    }
-  }
-  for (; d < S; ++d) {
-    acc_t r = alpha[d] * static_cast<acc_t>(x[d]);
-    if constexpr (kWithY) r -= beta[d] * static_cast<acc_t>(y[d]);
-    out[d] = static_cast<in_t>(r);
-  }
+void row_axpby_per_slice(const in_t* x, const in_t* y, in_t* out, int64_t S, const acc_t* alpha, const acc_t* beta,
+                         bool stream) {
+  write_span<acc_t>(
+      out, S, stream,
+      [&](int64_t d) {
+        const auto [x0, x1] = load_pair<acc_t>(x + d);
+        const auto [a0, a1] = load_pair<acc_t>(alpha + d);
+        if constexpr (kWithY) {
+          const auto [y0, y1] = load_pair<acc_t>(y + d);
+          const auto [b0, b1] = load_pair<acc_t>(beta + d);
+          return std::pair{at::vec::fmsub(a0, x0, b0 * y0), at::vec::fmsub(a1, x1, b1 * y1)};
+        } else {
+          return std::pair{a0 * x0, a1 * x1};
+        }
+      },
+      [&](int64_t d) {
+        acc_t r = alpha[d] * static_cast<acc_t>(x[d]);
+        if constexpr (kWithY) r -= beta[d] * static_cast<acc_t>(y[d]);
+        return r;
+      });
 }
 
 template <bool kWithY, typename in_t>
 void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>* alpha,
                       const at::opmath_type<in_t>* beta, in_t* out, const WeightNormLayout& l) {
   using acc_t = at::opmath_type<in_t>;
+  const bool stream = output_streams(out, l.outer * l.slices * l.inner);
   if (l.inner == 1) {
     at::parallel_for(0, l.outer, row_grain(l.slices), [&](int64_t o0, int64_t o1) {
       const int64_t S = l.slices;
       for (int64_t o = o0; o < o1; ++o) {
-        row_axpby_per_slice<kWithY>(x + o * S, kWithY ? y + o * S : nullptr, out + o * S, S, alpha, beta);
+        row_axpby_per_slice<kWithY>(x + o * S, kWithY ? y + o * S : nullptr, out + o * S, S, alpha, beta, stream);
       }
+      if (stream) stream_fence();
     });
     return;
   }
@@ -154,8 +164,10 @@ void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>*
     const int64_t S = l.slices, inner = l.inner;
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t d = r % S, off = r * inner;
-      run_axpby<kWithY>(xp + off, kWithY ? yp + off : nullptr, op + off, inner, ap[d], kWithY ? bp[d] : acc_t(0));
+      run_axpby<kWithY>(xp + off, kWithY ? yp + off : nullptr, op + off, inner, ap[d], kWithY ? bp[d] : acc_t(0),
+                        stream);
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -164,6 +176,7 @@ void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>*
 void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_rows_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const bool stream = output_streams(static_cast<const scalar_t*>(a.w), a.slices * a.inner);
     at::parallel_for(0, a.slices, row_grain(a.inner), [&](int64_t d0, int64_t d1) {
       const auto* const v = static_cast<const scalar_t*>(a.v);
       auto* const w = static_cast<scalar_t*>(a.w);
@@ -173,8 +186,10 @@ void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& a) {
       for (int64_t d = d0; d < d1; ++d) {
         const scalar_t* row = v + d * inner;
         norm[d] = std::sqrt(run_dot<acc_t>(row, row, inner));
-        run_axpby<false>(row, static_cast<const scalar_t*>(nullptr), w + d * inner, inner, g[d] / norm[d], acc_t(0));
+        run_axpby<false>(row, static_cast<const scalar_t*>(nullptr), w + d * inner, inner, g[d] / norm[d], acc_t(0),
+                         stream);
       }
+      if (stream) stream_fence();
     });
   });
 }
@@ -182,6 +197,7 @@ void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& a) {
 void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_rows_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    const bool stream = output_streams(static_cast<const scalar_t*>(a.grad_v), a.slices * a.inner);
     at::parallel_for(0, a.slices, row_grain(a.inner), [&](int64_t d0, int64_t d1) {
       const auto* const gw = static_cast<const scalar_t*>(a.grad_w);
       const auto* const v = static_cast<const scalar_t*>(a.v);
@@ -196,8 +212,9 @@ void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& a) {
         const acc_t inv_n = acc_t(1) / norm[d];
         const acc_t alpha = g[d] * inv_n;
         grad_g[d] = c * inv_n;
-        run_axpby<true>(gw + off, v + off, gv + off, inner, alpha, alpha * c * inv_n * inv_n);
+        run_axpby<true>(gw + off, v + off, gv + off, inner, alpha, alpha * c * inv_n * inv_n, stream);
       }
+      if (stream) stream_fence();
     });
   });
 }

@@ -6,8 +6,10 @@ captured in a CUDA graph and replayed, which removes the CPU launch overhead tha
 dominate; the graph is skipped if capture fails.
 
 CPU: wall-clock per call (``time.perf_counter``) after a warm-up, ``torch.get_num_threads()``
-threads (reported with the results). Inputs are sized above the last-level cache by the default
-sweeps, so no cache flush is needed there. The copy baseline and the providers of one case are
+threads (reported with the results). There is no cache flush: most cases of the default sweeps move
+more than the last-level cache, but the GroupNorm ones (8-32 MB of input) may find part of their
+input still cached from the previous call, as they would after the layer that produced it; kernels
+that write with non-temporal stores evict less of it. The copy baseline and the providers of one case are
 timed round-robin (one call each per round), so that a change in the machine's load during the run
 reaches all of them alike and the ratios stay meaningful.
 """
