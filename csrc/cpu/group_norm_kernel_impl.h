@@ -19,7 +19,9 @@
 // input with |mean| >> std do not lose the variance to rounding. Work items own disjoint outputs or
 // partials, and partials are always merged in a fixed order, so every result is independent of the
 // thread count and scheduling. The output pass computes (x - mean) * (rstd * w) + b, never
-// x * a + (b - mean * a), which cancels when |mean| >> std.
+// x * a + (b - mean * a), which cancels when |mean| >> std. Large outputs (y, grad_input) are
+// written with non-temporal stores (output_streams), which also leaves a cached sample or group in
+// the cache for the pass that reads it.
 //
 // Every loop reads and writes the stored dtype directly, widening to acc_t and narrowing back in
 // registers (load_pair / store_pair), so reduced-precision data costs no conversion pass through a
