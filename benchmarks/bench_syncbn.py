@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import norm_ext  # noqa: E402
+from norm_ext.distributed import count_collectives  # noqa: E402
 
 CPU_CASES = [
     ("NCHW resnet 16x64x28x28", (16, 64, 28, 28), torch.contiguous_format),
@@ -44,33 +45,6 @@ CUDA_CASES = [
     ("NHWC C=65 32x65x112x112", (32, 65, 112, 112), torch.channels_last),
     ("seq (T*B)xC 65536x1024", (65536, 1024), None),
 ]
-
-
-@contextmanager
-def count_collectives(counts: dict):
-    import torch.distributed._functional_collectives as funcol
-
-    patched = []
-    for module, names in (
-        (funcol, ("all_gather_single", "all_gather_tensor", "all_reduce")),
-        (dist, ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter_tensor")),
-    ):
-        for name in names:
-            original = getattr(module, name, None)
-            if original is None:
-                continue
-
-            def counted(*args, _original=original, _name=name, **kwargs):
-                counts[_name] = counts.get(_name, 0) + 1
-                return _original(*args, **kwargs)
-
-            setattr(module, name, counted)
-            patched.append((module, name, original))
-    try:
-        yield counts
-    finally:
-        for module, name, original in patched:
-            setattr(module, name, original)
 
 
 @contextmanager
@@ -133,11 +107,10 @@ def time_steps(module, x, grad, steps, device):
 
 
 def per_step_counts(module, x, grad, device):
-    counts = {}
-    with count_collectives(counts), count_host_syncs(counts, device):
+    syncs = {}
+    with count_collectives() as collectives, count_host_syncs(syncs, device):
         step(module, x, grad)
-    syncs = counts.pop("host_syncs", 0)
-    return sum(counts.values()), syncs
+    return sum(collectives.values()), syncs.get("host_syncs", 0)
 
 
 def worker(rank, world_size, port, args):

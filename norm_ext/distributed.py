@@ -17,7 +17,8 @@ reads a value on the host. A rank with an empty batch sends count 0 and takes pa
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,14 @@ from torch import Tensor
 if dist.is_available():
     from torch.distributed import _functional_collectives as funcol
 
-__all__ = ["sync_group_name", "all_gather_stats", "all_reduce_sums", "convert_sync_batchnorm", "revert_sync_batchnorm"]
+__all__ = [
+    "sync_group_name",
+    "all_gather_stats",
+    "all_reduce_sums",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
+    "count_collectives",
+]
 
 
 def sync_group_name(process_group: Optional[dist.ProcessGroup] = None) -> Optional[str]:
@@ -153,3 +161,32 @@ def all_reduce_power_norm_stats(sum_sq: Tensor, count: Tensor, group_name: str) 
     functional collective, like SyncBatchNorm's, so torch.compile traces it."""
     packed = funcol.all_reduce(torch.cat([sum_sq, count.reshape(1)]), "sum", group_name)
     return packed[:-1], packed[-1]
+
+
+@contextmanager
+def count_collectives() -> Iterator[Dict[str, int]]:
+    """Counts, by name, the collectives launched through torch.distributed or its functional
+    collectives while the block runs, in the dict it yields: how the tests and the SyncBatchNorm
+    benchmark check the two collectives per training step stated above."""
+    counts: Dict[str, int] = {}
+    patched = []
+    for module, names in (
+        (funcol, ("all_gather_single", "all_gather_tensor", "all_reduce")),
+        (dist, ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter_tensor")),
+    ):
+        for name in names:
+            original = getattr(module, name, None)
+            if original is None:
+                continue
+
+            def counted(*args, _original=original, _name=name, **kwargs):
+                counts[_name] = counts.get(_name, 0) + 1
+                return _original(*args, **kwargs)
+
+            setattr(module, name, counted)
+            patched.append((module, name, original))
+    try:
+        yield counts
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)

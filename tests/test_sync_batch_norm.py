@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from norm_ext.distributed import count_collectives
+
 pytestmark = [
     pytest.mark.distributed,
     pytest.mark.skipif(
@@ -72,35 +74,6 @@ def _spawn(fn, world_size, timeout=240, backend="gloo"):
             for process in ctx.processes:
                 process.kill()
             pytest.fail(f"distributed workers did not finish within {timeout}s")
-
-
-@contextmanager
-def _count_collectives():
-    """Counts every collective launched through torch.distributed or its functional collectives."""
-    import torch.distributed._functional_collectives as funcol
-
-    counts = {}
-    patched = []
-    for module, names in (
-        (funcol, ("all_gather_single", "all_gather_tensor", "all_reduce")),
-        (dist, ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter_tensor")),
-    ):
-        for name in names:
-            original = getattr(module, name, None)
-            if original is None:
-                continue
-
-            def counted(*args, _original=original, _name=name, **kwargs):
-                counts[_name] = counts.get(_name, 0) + 1
-                return _original(*args, **kwargs)
-
-            setattr(module, name, counted)
-            patched.append((module, name, original))
-    try:
-        yield counts
-    finally:
-        for module, name, original in patched:
-            setattr(module, name, original)
 
 
 @contextmanager
@@ -225,13 +198,13 @@ def _eager_scenarios(rank, world_size):
     # Collectives: one all_gather per training forward, one all_reduce per backward, none in eval.
     bn = norm_ext.nn.SyncBatchNorm(CHANNELS, momentum=None)
     x = torch.randn(2, CHANNELS, 3, 3, requires_grad=True)
-    with _count_collectives() as counts, _forbid_host_reads():
+    with count_collectives() as counts, _forbid_host_reads():
         out = bn(x)
         forward_counts = dict(counts)
         out.sum().backward()
     assert sum(forward_counts.values()) == 1 and sum(counts.values()) == 2, counts
     bn.eval()
-    with _count_collectives() as counts:
+    with count_collectives() as counts:
         bn(x).sum().backward()
     assert counts == {}, counts
 
