@@ -89,7 +89,26 @@ class BatchNormNd(_BatchNorm):
         return _module_forward(self, input)
 
 
-class SyncBatchNorm(_BatchNorm):
+class _GroupBatchNorm(_BatchNorm):
+    """BatchNorm whose statistics may be merged over ``process_group``: torch.nn.SyncBatchNorm's
+    constructor."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Optional[Any] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.process_group = process_group
+
+
+class SyncBatchNorm(_GroupBatchNorm):
     """:class:`torch.nn.SyncBatchNorm` with norm_ext's kernels, on CPU (gloo) as well as CUDA (NCCL).
 
     In training mode the batch statistics are those of the whole ``process_group`` (default: the
@@ -105,20 +124,6 @@ class SyncBatchNorm(_BatchNorm):
     It mirrors torch.nn.SyncBatchNorm (constructor, attributes, state_dict keys) but does not
     subclass it: DistributedDataParallel rejects torch.nn.SyncBatchNorm instances in CPU modules.
     """
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        process_group: Optional[Any] = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
@@ -136,7 +141,7 @@ class SyncBatchNorm(_BatchNorm):
         return distributed.convert_sync_batchnorm(module, process_group)
 
 
-class MaskedBatchNorm1d(_BatchNorm):
+class MaskedBatchNorm1d(_GroupBatchNorm):
     """BatchNorm over the channel dimension of a padded sequence batch.
 
     ``forward(input, pad_mask)`` takes ``input`` of shape (B, T, C) and a (B, T) bool ``pad_mask``
@@ -146,20 +151,6 @@ class MaskedBatchNorm1d(_BatchNorm):
     A rank (or a batch) whose tokens are all padding is handled; its running stats stay unchanged
     when the whole group has no valid token. Buffers and state_dict are BatchNorm1d's.
     """
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        process_group: Optional[Any] = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 3:
