@@ -77,6 +77,17 @@ CHILD = textwrap.dedent(
         x = channels_last(torch.randn(rows // 576, 36, 128, 128).to(dtype))
         run(lambda x, w, b: F.group_norm(x, 6, w, b),
             lambda x, w, b: reference.group_norm(x, 6, w, b), [x, *params(36)])
+    elif case == "group_norm_two_pass":
+        # Groups of 32 x 18432 values: too large for one work item, so statistics, then output.
+        x = torch.randn(rows // 1152, 64, 128, 144).to(dtype)
+        run(lambda x, w, b: F.group_norm(x, 2, w, b),
+            lambda x, w, b: reference.group_norm(x, 2, w, b), [x, *params(64)])
+    elif case == "group_norm_channels_last_two_pass":
+        # One sample for two threads: the channels-last passes over the whole batch, not per sample.
+        torch.set_num_threads(2)
+        x = channels_last(torch.randn(1, 36, 256, rows // 9).to(dtype))
+        run(lambda x, w, b: F.group_norm(x, 6, w, b),
+            lambda x, w, b: reference.group_norm(x, 6, w, b), [x, *params(36)])
     elif case.startswith("weight_norm"):
         dim = int(case[-1])
         v = torch.randn(rows, 1024).to(dtype)
@@ -94,6 +105,8 @@ CASES = [
     "batch_norm_channels_last",
     "group_norm",
     "group_norm_channels_last",
+    "group_norm_two_pass",
+    "group_norm_channels_last_two_pass",
     "weight_norm_dim0",
     "weight_norm_dim1",
 ]
