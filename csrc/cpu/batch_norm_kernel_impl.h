@@ -406,7 +406,7 @@ void affine_channels_first(const in_t* x, const in_t* dy, in_t* out, const Batch
   using acc_t = at::opmath_type<in_t>;
   const int64_t planes = v.outer * v.channels;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(v.inner, 1));
-  const bool stream = should_stream(out, planes * v.inner * static_cast<int64_t>(sizeof(in_t)));
+  const bool stream = should_stream(out, planes * v.inner);
   at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     const in_t* const xp = x;
     const in_t* const gp = dy;
@@ -429,7 +429,7 @@ void affine_channels_last(const in_t* x, const in_t* dy, const bool* pad, in_t* 
   using Vec = Vectorized<acc_t>;
   const int64_t rows = v.outer, C = v.channels;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1));
-  const bool stream = should_stream(out, rows * C * static_cast<int64_t>(sizeof(in_t)));
+  const bool stream = should_stream(out, rows * C);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     const in_t* const xp = x;
     const in_t* const gp = dy;
@@ -501,7 +501,7 @@ void train_channels_first_in_cache(const in_t* x, in_t* out, const BatchNormShap
                                    const at::opmath_type<in_t>* bias, double eps, at::opmath_type<in_t>* mean_out,
                                    at::opmath_type<in_t>* m2_out, at::opmath_type<in_t>* invstd_out) {
   using acc_t = at::opmath_type<in_t>;
-  const bool stream = should_stream(out, v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(in_t)));
+  const bool stream = should_stream(out, v.outer * v.channels * v.inner);
   at::parallel_for(0, v.channels, 1, [&](int64_t begin, int64_t end) {
     const in_t* const xp = x;
     in_t* const op = out;
@@ -582,7 +582,7 @@ void train_backward_channels_first_in_cache(const in_t* dy, const in_t* x, in_t*
                                             const at::opmath_type<in_t>* weight, at::opmath_type<in_t>* sum_dy_out,
                                             at::opmath_type<in_t>* sum_dy_xhat_out) {
   using acc_t = at::opmath_type<in_t>;
-  const bool stream = should_stream(dx, v.outer * v.channels * v.inner * static_cast<int64_t>(sizeof(in_t)));
+  const bool stream = should_stream(dx, v.outer * v.channels * v.inner);
   at::parallel_for(0, v.channels, 1, [&](int64_t begin, int64_t end) {
     const in_t* const gp = dy;
     const in_t* const xp = x;

@@ -138,7 +138,7 @@ std::vector<acc_t> materialize_param(const acc_t* p, int64_t c, acc_t fallback) 
 // a cached sample or group then keep it in the cache instead of making room for their output.
 template <typename in_t>
 bool output_streams(const in_t* out, const GroupNormShape& s) {
-  return should_stream(out, s.n * s.c * s.hw * static_cast<int64_t>(sizeof(in_t)));
+  return should_stream(out, s.n * s.c * s.hw);
 }
 
 // The forward's activation of z = xhat * w + b.

@@ -165,7 +165,7 @@ void row_norm_fwd_cpu(const in_t* x, const h_t* residual, h_t* residual_out, in_
   const std::vector<acc_t> ones(w ? 0 : cols, acc_t(1)), zeros(b ? 0 : cols, acc_t(0));
   const acc_t* const w_or_ones = w ? w : ones.data();
   const acc_t* const b_or_zeros = b ? b : zeros.data();
-  const bool stream = should_stream(y, rows * cols * static_cast<int64_t>(sizeof(in_t)));
+  const bool stream = should_stream(y, rows * cols);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1));
   at::parallel_for(0, rows, grain, [=](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -274,7 +274,7 @@ void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_
   const acc_t* const b_or_zeros = b ? b : zeros.data();
   acc_t* const dw_base = dw_out ? dw_partial.data() : nullptr;
   acc_t* const db_base = db_out ? db_partial.data() : nullptr;
-  const bool stream = should_stream(dx, rows * cols * static_cast<int64_t>(sizeof(saved_t)));
+  const bool stream = should_stream(dx, rows * cols);
 
   at::parallel_for(0, num_blocks, 1, [=](int64_t block_begin, int64_t block_end) {
     for (int64_t block = block_begin; block < block_end; ++block) {

@@ -189,7 +189,7 @@ inline int64_t last_level_cache_bytes() {
   return bytes;
 }
 
-// Whether an output of `bytes` at p should be written with non-temporal stores. Only large outputs
+// Whether an output of `elements` values at p should be written with non-temporal stores. Only large outputs
 // qualify: from half the last-level cache up, the pass's input (at least as large) and its output
 // together fill the cache, which then could not keep the output anyway (measured at 24.5 MB, bf16
 // BatchNorm: 1.05-1.23x over ordinary stores). And only memory that is already mapped in: a fresh
@@ -197,8 +197,10 @@ inline int64_t last_level_cache_bytes() {
 // page by page on first touch, through the cache, so ordinary stores then hit lines that are
 // already cached, whereas streaming stores would have to evict those dirty lines first (measured:
 // 10% slower than ordinary stores there, 15% faster on reused memory).
-inline bool should_stream(const void* p, int64_t bytes) {
+template <typename T>
+inline bool should_stream(const T* p, int64_t elements) {
   if (!kStreamingStores) return false;
+  const int64_t bytes = elements * static_cast<int64_t>(sizeof(T));
   if (2 * bytes < last_level_cache_bytes()) return false;
   static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   // The last page: an allocator that recycles a block has touched all of it, a fresh mapping none.

@@ -6,7 +6,9 @@
 // are vectorized across slices, per-slice values being read as vectors too. Shorter inner runs are
 // small tensors and take the scalar loops. Reductions are parallel over contiguous ranges of slices,
 // and every slice's sum is accumulated in the same order whatever the thread count, so results are
-// deterministic. Data is read in its stored dtype and widened in registers (load_pair).
+// deterministic. Data is read in its stored dtype and widened in registers (load_pair). Large
+// outputs go out through non-temporal stores (should_stream): a layer's weights are read once and
+// written once, so nothing gains from caching them.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -88,13 +90,6 @@ void slice_dots_impl(const in_t* a, const in_t* b, at::opmath_type<in_t>* out, c
   });
 }
 
-// Whether an output of `elements` at out goes out through non-temporal stores (see should_stream):
-// the weights of a large layer are read once and written once, so nothing gains from caching them.
-template <typename in_t>
-bool output_streams(const in_t* out, int64_t elements) {
-  return should_stream(out, elements * static_cast<int64_t>(sizeof(in_t)));
-}
-
 // alpha * x - beta * y (or alpha * x) over a contiguous run with per-run coefficients.
 template <bool kWithY, typename in_t, typename acc_t>
 void run_axpby(const in_t* x, const in_t* y, in_t* out, int64_t n, acc_t alpha, acc_t beta, bool stream) {
@@ -146,7 +141,7 @@ template <bool kWithY, typename in_t>
 void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>* alpha,
                       const at::opmath_type<in_t>* beta, in_t* out, const WeightNormLayout& l) {
   using acc_t = at::opmath_type<in_t>;
-  const bool stream = output_streams(out, l.outer * l.slices * l.inner);
+  const bool stream = should_stream(out, l.outer * l.slices * l.inner);
   if (l.inner == 1) {
     at::parallel_for(0, l.outer, row_grain(l.slices), [&](int64_t o0, int64_t o1) {
       const int64_t S = l.slices;
@@ -176,7 +171,7 @@ void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>*
 void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_rows_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const bool stream = output_streams(static_cast<const scalar_t*>(a.w), a.slices * a.inner);
+    const bool stream = should_stream(static_cast<const scalar_t*>(a.w), a.slices * a.inner);
     at::parallel_for(0, a.slices, row_grain(a.inner), [&](int64_t d0, int64_t d1) {
       const auto* const v = static_cast<const scalar_t*>(a.v);
       auto* const w = static_cast<scalar_t*>(a.w);
@@ -197,7 +192,7 @@ void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& a) {
 void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_rows_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const bool stream = output_streams(static_cast<const scalar_t*>(a.grad_v), a.slices * a.inner);
+    const bool stream = should_stream(static_cast<const scalar_t*>(a.grad_v), a.slices * a.inner);
     at::parallel_for(0, a.slices, row_grain(a.inner), [&](int64_t d0, int64_t d1) {
       const auto* const gw = static_cast<const scalar_t*>(a.grad_w);
       const auto* const v = static_cast<const scalar_t*>(a.v);
