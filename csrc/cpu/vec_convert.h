@@ -156,8 +156,8 @@ inline void prefetch_l2(const T* p) {
   __builtin_prefetch(p, 0, 2);
 }
 
-// prefetch_l2 of every cache line of [p, p + n); for spans of a few KB at most, interleaved with
-// work, since a core keeps only a few dozen misses in flight and drops the prefetches beyond them.
+// prefetch_l2 of every cache line of [p, p + n); for a few lines at a time, interleaved with work,
+// since a core keeps only a few dozen misses in flight and drops the prefetches beyond them.
 template <typename T>
 inline void prefetch_l2_span(const T* p, int64_t n) {
   constexpr int64_t kLine = 64;
