@@ -170,10 +170,11 @@ def count_collectives() -> Iterator[Dict[str, int]]:
     benchmark check the two collectives per training step stated above."""
     counts: Dict[str, int] = {}
     patched = []
-    for module, names in (
-        (funcol, ("all_gather_single", "all_gather_tensor", "all_reduce")),
-        (dist, ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter_tensor")),
-    ):
+    targets = [(dist, ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter_tensor"))]
+    # funcol is imported only where torch.distributed is available (see the top of this module).
+    if dist.is_available():
+        targets.append((funcol, ("all_gather_single", "all_gather_tensor", "all_reduce")))
+    for module, names in targets:
         for name in names:
             original = getattr(module, name, None)
             if original is None:
