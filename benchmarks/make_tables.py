@@ -33,6 +33,11 @@ def tables(data, passes=None):
     out = [
         f"Device: {meta['device_name']} ({meta['device']}, {meta['cpu_threads']} CPU threads), torch "
         f"{meta['torch_version']}, norm_ext {meta['norm_ext_commit']}, {meta['date']}.",
+        *(
+            [f"CPU kernels: norm_ext {meta['cpu_isa']}, torch {meta['torch_cpu_capability']}."]
+            if "cpu_isa" in meta
+            else []
+        ),
         "",
         "Cells: GB/s (% of copy = of a clone of the same bytes measured in the same run, speed vs torch eager). "
         f"{meta['accounting']}",

@@ -7,7 +7,7 @@ torch.compile, and an autograd formula whose backward is itself an op.
 import torch
 
 from . import (
-    _C,  # noqa: F401  (loads the shared library, which registers the ops; must come first)
+    _C,  # loads the shared library, which registers the ops; must come first
     distributed,
     functional,
     models,
@@ -47,11 +47,19 @@ __all__ = [
     "convert_sync_batchnorm",
     "revert_sync_batchnorm",
     "has_cuda_kernels",
+    "cpu_isa",
     "replace_norms",
     "ReplaceReport",
 ]
 
 __version__ = "0.1.0"
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run with: ``"avx512"`` (AVX-512 with BF16), ``"avx2"`` or
+    ``"default"`` (baseline x86-64). Picked once per process from the CPU, and capped by
+    ``NORM_EXT_CPU_ISA=avx2`` or ``=default``."""
+    return _C.cpu_isa()
 
 
 def has_cuda_kernels() -> bool:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import norm_ext
 from norm_ext.bench import Config, harness, run
 from norm_ext.bench import __main__ as cli
 from norm_ext.bench.cases import OPS, Variant, bytes_moved, make_case
@@ -44,6 +45,8 @@ def test_end_to_end_every_op_and_provider(tmp_path, capsys):
     meta, rows = data["meta"], data["results"]
     for key in ("device_name", "torch_version", "norm_ext_commit", "date", "cpu_threads", "accounting"):
         assert meta[key] not in (None, ""), key
+    assert meta["cpu_isa"] == norm_ext.cpu_isa() and meta["cpu_isa"] in ("avx512", "avx2", "default")
+    assert meta["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert data["schema_version"] == 2
     assert all(set(r) == set(COLUMNS) for r in rows)
     assert list(csv_rows[0]) == list(COLUMNS) and len(csv_rows) == len(rows)

@@ -137,6 +137,21 @@ def test_large_offset_rows_keep_their_variance(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_bf16_subnormal_outputs_keep_parity(kind, device):
+    # Weights of 1e-39 make every output an fp32 subnormal, which bf16 keeps (same exponent range).
+    # The AVX-512 narrowing instruction alone would flush them to zero; the kernels must round them
+    # like any other value: within one bf16 subnormal step (2^-133) of the float64 result.
+    x = torch.randn(8, 4 * 256 + 5, device=device).bfloat16()
+    w = torch.full((x.shape[1],), 1e-39, device=device)
+    shape = (x.shape[1],)
+    y = norm_ext.layer_norm(x, shape, w) if kind == "layer" else norm_ext.rms_norm(x, shape, w, 1e-6)
+    y64 = reference.layer_norm(x, shape, w) if kind == "layer" else reference.rms_norm(x, shape, w, 1e-6)
+    assert float((y.double() - y64).abs().max()) <= 2.0**-133
+    assert float((y != 0).double().mean()) > 0.95
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_empty_inputs(kind, device):
     for shape in [(0, 16), (4, 0, 16)]:
         x = torch.randn(shape, device=device, requires_grad=True)
@@ -254,26 +269,6 @@ def test_weight_on_another_device_raises():
     x = torch.randn(4, 8, device="cuda")
     with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
         norm_ext.layer_norm(x, (8,), torch.ones(8))
-
-
-def test_baseline_isa_kernels_match_reference():
-    # The CPU kernels exist twice (baseline and AVX2, picked at run time); this session's process uses
-    # the AVX2 ones where the CPU has them, so the baseline build runs in a child process.
-    env = {**os.environ, "NORM_EXT_CPU_ISA": "default"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        __file__,
-        "-k",
-        "parity and cpu and not n300000",
-    ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout
 
 
 @pytest.mark.parametrize("kind", ["layer", "rms"])

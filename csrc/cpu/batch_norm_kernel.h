@@ -87,41 +87,30 @@ struct BatchNormTrainBackwardArgs {
   void* sum_dy_xhat;
 };
 
-namespace isa_default {
-void batch_norm_stats(const BatchNormStatsArgs& args);
-void batch_norm_train(const BatchNormTrainArgs& args);
-void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args);
-void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
-void batch_norm_affine(const BatchNormAffineArgs& args);
-}  // namespace isa_default
-
-namespace isa_avx2 {
-void batch_norm_stats(const BatchNormStatsArgs& args);
-void batch_norm_train(const BatchNormTrainArgs& args);
-void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args);
-void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args);
-void batch_norm_affine(const BatchNormAffineArgs& args);
-}  // namespace isa_avx2
+NORM_EXT_DECLARE_PER_ISA(void batch_norm_stats(const BatchNormStatsArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void batch_norm_train(const BatchNormTrainArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void batch_norm_affine(const BatchNormAffineArgs& args))
 
 inline void batch_norm_stats(const BatchNormStatsArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_stats(args) : isa_default::batch_norm_stats(args);
+  NORM_EXT_CALL_PER_ISA(batch_norm_stats, args)
 }
 
 inline void batch_norm_train(const BatchNormTrainArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_train(args) : isa_default::batch_norm_train(args);
+  NORM_EXT_CALL_PER_ISA(batch_norm_train, args)
 }
 
 inline void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_train_backward(args) : isa_default::batch_norm_train_backward(args);
+  NORM_EXT_CALL_PER_ISA(batch_norm_train_backward, args)
 }
 
 inline void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_backward_reduce(args)
-                             : isa_default::batch_norm_backward_reduce(args);
+  NORM_EXT_CALL_PER_ISA(batch_norm_backward_reduce, args)
 }
 
 inline void batch_norm_affine(const BatchNormAffineArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::batch_norm_affine(args) : isa_default::batch_norm_affine(args);
+  NORM_EXT_CALL_PER_ISA(batch_norm_affine, args)
 }
 
 }  // namespace norm_ext::cpu

@@ -3,6 +3,7 @@
 // must compile for the baseline ISA), then the prelude that switches the ISA, then the kernels.
 #include "cpu/batch_norm_kernel.h"
 
-#include "cpu/isa_avx2_prelude.h"
+#define NORM_EXT_TARGET_AVX2
+#include "cpu/isa_prelude.h"
 
 #include "cpu/batch_norm_kernel_impl.h"

@@ -1,5 +1,5 @@
 // Implementation of the CPU batch-norm kernels, included once per instruction set by
-// batch_norm_kernel_{default,avx2}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// batch_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Channels-first input ([N][C][inner]) is reduced plane by plane: each (n, c) plane is contiguous,
 // so its sum / centred sum of squares are vectorized two-pass reductions, and planes merge into the

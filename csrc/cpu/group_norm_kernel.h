@@ -39,22 +39,15 @@ struct GroupNormBwdArgs {
   bool silu;
 };
 
-namespace isa_default {
-void group_norm_fwd(const GroupNormFwdArgs& args);
-void group_norm_bwd(const GroupNormBwdArgs& args);
-}  // namespace isa_default
-
-namespace isa_avx2 {
-void group_norm_fwd(const GroupNormFwdArgs& args);
-void group_norm_bwd(const GroupNormBwdArgs& args);
-}  // namespace isa_avx2
+NORM_EXT_DECLARE_PER_ISA(void group_norm_fwd(const GroupNormFwdArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void group_norm_bwd(const GroupNormBwdArgs& args))
 
 inline void group_norm_fwd(const GroupNormFwdArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::group_norm_fwd(args) : isa_default::group_norm_fwd(args);
+  NORM_EXT_CALL_PER_ISA(group_norm_fwd, args)
 }
 
 inline void group_norm_bwd(const GroupNormBwdArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::group_norm_bwd(args) : isa_default::group_norm_bwd(args);
+  NORM_EXT_CALL_PER_ISA(group_norm_bwd, args)
 }
 
 }  // namespace norm_ext::cpu

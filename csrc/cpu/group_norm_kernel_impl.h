@@ -1,6 +1,6 @@
 // Implementation of the GroupNorm CPU kernels (and of InstanceNorm, which is GroupNorm with G = C),
 // with an optional fused SiLU on the output; included once per instruction set by
-// group_norm_kernel_{default,avx2}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// group_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Contiguous (NCHW) input whose groups fit in L2 (kFusedGroupElements) is processed one (n, g) group
 // per work item: the forward (statistics, then output) or the backward (per-channel sums of dz and

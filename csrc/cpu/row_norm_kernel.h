@@ -48,22 +48,15 @@ struct RowNormBwdArgs {
   bool rms;
 };
 
-namespace isa_default {
-void row_norm_fwd(const RowNormFwdArgs& args);
-void row_norm_bwd(const RowNormBwdArgs& args);
-}  // namespace isa_default
-
-namespace isa_avx2 {
-void row_norm_fwd(const RowNormFwdArgs& args);
-void row_norm_bwd(const RowNormBwdArgs& args);
-}  // namespace isa_avx2
+NORM_EXT_DECLARE_PER_ISA(void row_norm_fwd(const RowNormFwdArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void row_norm_bwd(const RowNormBwdArgs& args))
 
 inline void row_norm_fwd(const RowNormFwdArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::row_norm_fwd(args) : isa_default::row_norm_fwd(args);
+  NORM_EXT_CALL_PER_ISA(row_norm_fwd, args)
 }
 
 inline void row_norm_bwd(const RowNormBwdArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::row_norm_bwd(args) : isa_default::row_norm_bwd(args);
+  NORM_EXT_CALL_PER_ISA(row_norm_bwd, args)
 }
 
 }  // namespace norm_ext::cpu

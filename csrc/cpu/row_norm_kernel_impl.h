@@ -1,5 +1,5 @@
 // Implementation of the CPU row-norm kernels, included once per instruction set by
-// row_norm_kernel_{default,avx2}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// row_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Rows are independent, so the forward is parallel over rows. The first pass over a row reads it
 // from DRAM and accumulates its first statistic (and, for the fused add, writes the residual stream);
@@ -13,8 +13,9 @@
 // partials; the second recomputes x_hat and dy * w from the (now cached) row instead of storing them.
 //
 // Row loops step by pairs of vectors (see load_pair): two independent accumulation chains per sum,
-// and one 256-bit access per bf16/half load or store. Absent weight/bias read shared 1/0 vectors so
-// that one loop serves every combination without a branch inside it.
+// and one full-width access (256-bit, or 512-bit on AVX-512) per bf16/half load or store. Absent
+// weight/bias read shared 1/0 vectors so that one loop serves every combination without a branch
+// inside it.
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -45,8 +45,9 @@ acc_t reduce_lanes(const at::vec::Vectorized<acc_t>& v) {
 }
 
 // kPairLanes elements, i.e. two acc_t vectors' worth, loaded from src_t and widened. Row loops step
-// by pairs so that a bf16/half load or store stays one 256-bit access and each loop carries two
-// independent accumulation chains; widening in registers avoids a round trip through a buffer.
+// by pairs so that a bf16/half load or store stays one full-width access (256-bit, or 512-bit on
+// AVX-512) and each loop carries two independent accumulation chains; widening in registers avoids
+// a round trip through a buffer.
 template <typename acc_t>
 constexpr int64_t kPairLanes = 2 * at::vec::Vectorized<acc_t>::size();
 
@@ -81,7 +82,7 @@ acc_t chunked_sum_four_chains(int64_t n, int64_t chunk, const AddPair& add_pair,
   return total;
 }
 
-// On AVX2 the 16-bit conversions are spelled with ATen's raw-register helpers: going through
+// On AVX2 and AVX-512 the 16-bit conversions are spelled with ATen's raw-register helpers: going through
 // convert_to_float / convert_from_float (which return a tuple of Vectorized) left GCC storing every
 // converted vector to the stack and never reading it back, and in a loop bound by its output stores
 // those dead stores took store-buffer slots from the real ones.
@@ -100,9 +101,19 @@ inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> load_pa
   } else if constexpr (std::is_same_v<src_t, at::Half> && std::is_same_v<acc_t, float>) {
     const auto* q = reinterpret_cast<const __m128i*>(p);
     return {Vec(_mm256_cvtph_ps(_mm_loadu_si128(q))), Vec(_mm256_cvtph_ps(_mm_loadu_si128(q + 1)))};
+#elif defined(CPU_CAPABILITY_AVX512)
+  } else if constexpr (std::is_same_v<src_t, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    const auto* q = reinterpret_cast<const __m256i*>(p);
+    __m512 lo, hi;
+    at::vec::cvtbf16_fp32(_mm256_loadu_si256(q), lo);
+    at::vec::cvtbf16_fp32(_mm256_loadu_si256(q + 1), hi);
+    return {Vec(lo), Vec(hi)};
+  } else if constexpr (std::is_same_v<src_t, at::Half> && std::is_same_v<acc_t, float>) {
+    const auto* q = reinterpret_cast<const __m256i*>(p);
+    return {Vec(_mm512_cvtph_ps(_mm256_loadu_si256(q))), Vec(_mm512_cvtph_ps(_mm256_loadu_si256(q + 1)))};
 #endif
-  } else if constexpr ((std::is_same_v<src_t, at::BFloat16> ||
-                        std::is_same_v<src_t, at::Half>)&&std::is_same_v<acc_t, float>) {
+  } else if constexpr ((std::is_same_v<src_t, at::BFloat16> || std::is_same_v<src_t, at::Half>) &&
+                       std::is_same_v<acc_t, float>) {
     const auto [lo, hi] = at::vec::convert_to_float<src_t>(at::vec::Vectorized<src_t>::loadu(p));
     return {lo, hi};
   } else {
@@ -111,6 +122,21 @@ inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> load_pa
     return {Vec::loadu(tmp), Vec::loadu(tmp + Vec::size())};
   }
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// 32 floats rounded to bf16 (to nearest even, NaN kept NaN) by vcvtne2ps2bf16: one instruction where
+// the integer rounding at::vec spells (add the rounding bias, shift, blend NaNs back in, pack) takes
+// a dozen, which bound the bf16 kernels rather than DRAM. The instruction flushes fp32 subnormals
+// (|v| < 1.2e-38) to zero, so a pair holding one (found by vfpclassps, rarely) takes the integer
+// rounding instead, which c10::BFloat16 and the other instruction sets' kernels match.
+inline __m512i narrow_bf16(const __m512& lo, const __m512& hi) {
+  constexpr int kSubnormal = 0x20;
+  if (C10_UNLIKELY((_mm512_fpclass_ps_mask(lo, kSubnormal) | _mm512_fpclass_ps_mask(hi, kSubnormal)) != 0)) {
+    return at::vec::cvtfp32_bf16(lo, hi);
+  }
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+#endif
 
 template <typename dst_t, typename acc_t>
 inline void store_pair(dst_t* p, const at::vec::Vectorized<acc_t>& lo, const at::vec::Vectorized<acc_t>& hi) {
@@ -123,9 +149,14 @@ inline void store_pair(dst_t* p, const at::vec::Vectorized<acc_t>& lo, const at:
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(lo, hi));
   } else if constexpr (std::is_same_v<dst_t, at::Half> && std::is_same_v<acc_t, float>) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_fp16(lo, hi));
+#elif defined(CPU_CAPABILITY_AVX512)
+  } else if constexpr (std::is_same_v<dst_t, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    _mm512_storeu_si512(p, narrow_bf16(lo, hi));
+  } else if constexpr (std::is_same_v<dst_t, at::Half> && std::is_same_v<acc_t, float>) {
+    _mm512_storeu_si512(p, at::vec::cvtfp32_fp16(lo, hi));
 #endif
-  } else if constexpr ((std::is_same_v<dst_t, at::BFloat16> ||
-                        std::is_same_v<dst_t, at::Half>)&&std::is_same_v<acc_t, float>) {
+  } else if constexpr ((std::is_same_v<dst_t, at::BFloat16> || std::is_same_v<dst_t, at::Half>) &&
+                       std::is_same_v<acc_t, float>) {
     at::vec::convert_from_float<dst_t>(lo, hi).store(p);
   } else {
     acc_t tmp[kPairLanes<acc_t>];
@@ -169,7 +200,10 @@ inline void prefetch_l2_span(const T* p, int64_t n) {
 // soon then goes to DRAM without first being read into the cache for ownership, which is a third of
 // the DRAM traffic of a kernel that reads x once and writes y once; glibc's memcpy does the same
 // above a cache-sized threshold, so without them no kernel reaches the copy bandwidth.
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kStreamingStores = true;
+constexpr int64_t kStreamAlignBytes = 64;
+#elif defined(CPU_CAPABILITY_AVX2)
 constexpr bool kStreamingStores = true;
 constexpr int64_t kStreamAlignBytes = 32;
 #else
@@ -237,13 +271,29 @@ inline void stream_pair(dst_t* p, const at::vec::Vectorized<acc_t>& lo, const at
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_fp16(lo, hi));
     return;
   }
+#elif defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<dst_t, float> && std::is_same_v<acc_t, float>) {
+    _mm512_stream_ps(p, lo);
+    _mm512_stream_ps(p + 16, hi);
+    return;
+  } else if constexpr (std::is_same_v<dst_t, double> && std::is_same_v<acc_t, double>) {
+    _mm512_stream_pd(p, lo);
+    _mm512_stream_pd(p + 8, hi);
+    return;
+  } else if constexpr (std::is_same_v<dst_t, at::BFloat16> && std::is_same_v<acc_t, float>) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), narrow_bf16(lo, hi));
+    return;
+  } else if constexpr (std::is_same_v<dst_t, at::Half> && std::is_same_v<acc_t, float>) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), at::vec::cvtfp32_fp16(lo, hi));
+    return;
+  }
 #endif
   store_pair(p, lo, hi);
 }
 
 // Orders this thread's streamed stores before whatever the caller does next (they are weakly ordered).
 inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   _mm_sfence();
 #endif
 }

@@ -65,34 +65,25 @@ struct WeightNormRowsBwdArgs {
   void* grad_g;
 };
 
-namespace isa_default {
-void slice_dots(const SliceDotsArgs& args);
-void slice_axpby(const SliceAxpbyArgs& args);
-void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& args);
-void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& args);
-}  // namespace isa_default
-
-namespace isa_avx2 {
-void slice_dots(const SliceDotsArgs& args);
-void slice_axpby(const SliceAxpbyArgs& args);
-void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& args);
-void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& args);
-}  // namespace isa_avx2
+NORM_EXT_DECLARE_PER_ISA(void slice_dots(const SliceDotsArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void slice_axpby(const SliceAxpbyArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& args))
+NORM_EXT_DECLARE_PER_ISA(void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& args))
 
 inline void slice_dots(const SliceDotsArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::slice_dots(args) : isa_default::slice_dots(args);
+  NORM_EXT_CALL_PER_ISA(slice_dots, args)
 }
 
 inline void slice_axpby(const SliceAxpbyArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::slice_axpby(args) : isa_default::slice_axpby(args);
+  NORM_EXT_CALL_PER_ISA(slice_axpby, args)
 }
 
 inline void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::weight_norm_rows_fwd(args) : isa_default::weight_norm_rows_fwd(args);
+  NORM_EXT_CALL_PER_ISA(weight_norm_rows_fwd, args)
 }
 
 inline void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& args) {
-  detect_isa() == Isa::kAvx2 ? isa_avx2::weight_norm_rows_bwd(args) : isa_default::weight_norm_rows_bwd(args);
+  NORM_EXT_CALL_PER_ISA(weight_norm_rows_bwd, args)
 }
 
 }  // namespace norm_ext::cpu

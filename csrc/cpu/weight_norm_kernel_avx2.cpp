@@ -2,6 +2,7 @@
 // order of the includes).
 #include "cpu/weight_norm_kernel.h"
 
-#include "cpu/isa_avx2_prelude.h"
+#define NORM_EXT_TARGET_AVX2
+#include "cpu/isa_prelude.h"
 
 #include "cpu/weight_norm_kernel_impl.h"

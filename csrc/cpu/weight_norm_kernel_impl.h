@@ -1,5 +1,5 @@
 // Implementation of the weight-normalization CPU kernels, included once per instruction set by
-// weight_norm_kernel_{default,avx2}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// weight_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // With a long inner run (dim=0 of a Linear or Conv weight: each slice is a contiguous row) the loops
 // are vectorized along the row; with inner = 1 (dim=-1: the slices themselves are contiguous) they

@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+import norm_ext
+
 from . import cases as C
 from .providers import Provider, load_providers
 from .timing import time_calls
@@ -122,6 +124,8 @@ def metadata(config: Config) -> Dict[str, object]:
         "device": config.device,
         "device_name": device_name(config.device),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_isa": norm_ext.cpu_isa(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_memory": config.cpu_memory,
         "logical_cpus": os.cpu_count(),
         "torch_version": torch.__version__,
@@ -306,7 +310,8 @@ def run(
     meta = metadata(config)
     say(
         f"norm_ext.bench on {meta['device_name']} ({config.device}), torch {meta['torch_version']}, "
-        f"norm_ext {meta['norm_ext_commit']}, {meta['cpu_threads']} CPU threads"
+        f"norm_ext {meta['norm_ext_commit']}, {meta['cpu_threads']} CPU threads; CPU kernels: norm_ext "
+        f"{meta['cpu_isa']}, torch {meta['torch_cpu_capability']}"
     )
     for p in providers:
         reason = p.unavailable or (p.cuda_only and config.device != "cuda" and f"{p.name} runs on CUDA only")
