@@ -20,7 +20,6 @@ enum class Isa { kDefault, kAvx2, kAvx512 };
 
 inline Isa best_supported_isa() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16")) {
     return Isa::kAvx512;
