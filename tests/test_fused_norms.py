@@ -3,7 +3,7 @@ backward: parity with an unfused float64 reference, opcheck and torch.compile.""
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import DEVICES, needs_cuda
 from tolerances import BACKWARD, FORWARD, MEMORY_EFFICIENT_BACKWARD, assert_close_to_reference
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -102,6 +102,16 @@ def test_add_norm_parity(kind, stream, shape, normalized_shape, dtype, device):
     if dtype == torch.float64 and stream != "same":
         pytest.skip("a float64 input keeps a float64 residual stream")
     _check_fused(kind, shape, normalized_shape, dtype, device, stream=stream)
+
+
+@needs_cuda
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["saved_h", "saved_output"])
+@pytest.mark.parametrize("stream", ["same", "fp32_residual"])
+@pytest.mark.parametrize("cols", [65536, 131072])
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_add_norm_long_rows_cuda(kind, cols, stream, memory_efficient):
+    # The cluster path of both directions with each residual-stream dtype and saved tensor.
+    _check_fused(kind, (48, cols), (cols,), torch.bfloat16, "cuda", stream=stream, memory_efficient=memory_efficient)
 
 
 @pytest.mark.parametrize("device", DEVICES)

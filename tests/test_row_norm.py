@@ -135,6 +135,36 @@ def test_large_offset_rows_keep_their_variance(device):
     assert abs(float(y.double().std(dim=-1).mean()) - 1.0) < 1e-2
 
 
+# Rows past one block's registers. On sm_90 these split over thread-block clusters of 2-16 blocks
+# (csrc/cuda/layer_norm.cu; 40000 bf16 takes 4 blocks forward and 8 backward, 65536 fp32 8 and 16),
+# and past what 16 blocks hold (backward: 262144 bf16, 131072 fp32 and up) they stream. There are
+# more rows than clusters fit at once, so each cluster takes several rows and reuses its buffers.
+LONG_ROWS = [(300, 40000), (200, 65536), (64, 131072), (24, 262144)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows,cols", LONG_ROWS, ids=[f"n{c}" for _, c in LONG_ROWS])
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_long_rows_cuda(kind, rows, cols, dtype):
+    if dtype == torch.float64 and cols > 65536:
+        pytest.skip("float64 rows this long only take the streaming path already covered by n300000")
+    x = torch.randn(rows, cols, dtype=dtype, device="cuda") * 2 + 0.5
+    w, b = _params((cols,), dtype, "cuda")
+    _check_forward_backward(kind, x, (cols,), w, b, 1e-5, dtype)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cols", [65536, 262144])
+def test_long_rows_with_large_offset_keep_their_variance_cuda(cols):
+    # Each block of a cluster shifts by the row's first element and merges its slice's (count,
+    # mean, m2) by Chan's formula; any E[x^2] - E[x]^2 step would lose this row entirely.
+    x = (1e4 + 1e-2 * torch.randn(8, cols, dtype=torch.float64, device="cuda")).float()
+    y = norm_ext.layer_norm(x, (cols,), eps=1e-9)
+    y64 = reference.layer_norm(x, (cols,), eps=1e-9)
+    assert float((y.double() - y64).abs().max()) < 1e-3
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_bf16_subnormal_outputs_keep_parity(kind, device):

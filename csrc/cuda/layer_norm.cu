@@ -6,6 +6,10 @@
 //   - register, block mode: one block per row, the row held in registers (up to kFwdMaxVecsPerThread
 //     vectors per thread, i.e. 32K bf16 / 16K fp32 elements forward; 8K bf16 / 4K fp32 backward,
 //     where the dgamma/dbeta partials also live in registers);
+//   - cluster (sm_90): longer rows split over a cluster of 2-16 blocks, each holding its slice in
+//     registers and exchanging its partial statistics (Welford states forward, the two row sums
+//     backward) through distributed shared memory, so the row is still read once; with 16-block
+//     clusters, up to 512K bf16 / 256K fp32 elements forward and 128K / 64K backward;
 //   - streaming: rows too long for the register file are re-read from global memory (from L2 while
 //     the rows in flight fit there); any length works. The forward is one block per row, two passes;
 //     the backward is a row-sums kernel, then a column-tile x row-chunk kernel for dx and the
@@ -24,12 +28,17 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cooperative_groups.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -62,7 +71,7 @@ constexpr int kReduceSplits = 8;
 constexpr int64_t kMaxGridX = std::numeric_limits<int>::max();
 constexpr int64_t kMaxGridY = 65535;
 
-int64_t ceil_div(int64_t a, int64_t b) {
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
@@ -191,6 +200,32 @@ __device__ __forceinline__ void store_fwd_vector(const RowNormFwdArgs<in_t, h_t>
   store_vector(a.y + offset, out);
 }
 
+// The value LayerNorm's register-held rows are shifted by: the row's first element of h (0 for
+// RMSNorm). For a row with a large offset (1e4 + 1e-2 * noise) the subtractions are exact, so the
+// mean and the output keep the precision of the deviations instead of the fp32 ulp of the offset
+// (a broadcast load, from L1).
+template <typename in_t, typename h_t>
+__device__ __forceinline__ at::opmath_type<in_t> row_shift(const RowNormFwdArgs<in_t, h_t>& a, int64_t row_offset) {
+  using acc_t = at::opmath_type<in_t>;
+  if (a.rms) return acc_t(0);
+  const acc_t x0 = static_cast<acc_t>(a.x[row_offset]);
+  if (a.residual == nullptr) return x0;
+  return static_cast<acc_t>(static_cast<h_t>(x0 + static_cast<acc_t>(a.residual[row_offset])));
+}
+
+// h = one vector of the row minus shift, added to sum.
+template <typename in_t, typename h_t, int kV>
+__device__ __forceinline__ void load_shifted_fwd_vector(const RowNormFwdArgs<in_t, h_t>& a, int64_t offset,
+                                                        at::opmath_type<in_t> shift, at::opmath_type<in_t> (&h)[kV],
+                                                        at::opmath_type<in_t>& sum) {
+  load_fwd_vector<in_t, h_t, kV>(a, offset, h);
+#pragma unroll
+  for (int i = 0; i < kV; ++i) {
+    h[i] -= shift;
+    sum += h[i];
+  }
+}
+
 // Register path. Thread `lane` of a row group owns vectors lane, lane + threads_per_row, ... so a
 // warp's loads are contiguous. The variance is a second pass over the registers, never
 // E[h^2] - E[h]^2, which cancels for rows with a large mean.
@@ -209,28 +244,14 @@ __global__ void __launch_bounds__(kFwdMaxThreads)
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / threads_per_row; row < a.rows;
        row += row_step) {
     const int64_t row_offset = row * a.cols;
-    // The row is held as deviations from its first element: for a row with a large offset
-    // (1e4 + 1e-2 * noise) those subtractions are exact, so the mean and the output keep the
-    // precision of the deviations instead of the fp32 ulp of the offset (a broadcast load, from L1).
-    acc_t shift = 0;
-    if (!a.rms) {
-      shift = static_cast<acc_t>(a.x[row_offset]);
-      if (a.residual != nullptr) {
-        shift = static_cast<acc_t>(static_cast<h_t>(shift + static_cast<acc_t>(a.residual[row_offset])));
-      }
-    }
+    const acc_t shift = row_shift(a, row_offset);
     acc_t h[kNV][kV];
     acc_t sum = 0;
 #pragma unroll
     for (int k = 0; k < kNV; ++k) {
       const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
       if (col < a.cols) {
-        load_fwd_vector<in_t, h_t, kV>(a, row_offset + col, h[k]);
-#pragma unroll
-        for (int i = 0; i < kV; ++i) {
-          h[k][i] -= shift;
-          sum += h[k][i];
-        }
+        load_shifted_fwd_vector<in_t, h_t, kV>(a, row_offset + col, shift, h[k], sum);
       } else {
 #pragma unroll
         for (int i = 0; i < kV; ++i) h[k][i] = acc_t(0);
@@ -322,6 +343,186 @@ __global__ void __launch_bounds__(kStreamThreads) row_norm_fwd_stream(const RowN
   }
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The vectors [begin, end) of a row of nvec that this block of its cluster holds: contiguous
+// slices in rank order.
+__device__ __forceinline__ std::pair<int64_t, int64_t> cluster_slice(const cooperative_groups::cluster_group& cluster,
+                                                                     int64_t nvec) {
+  const int64_t slice = ceil_div(nvec, cluster.num_blocks());
+  const int64_t begin = std::min(cluster.block_rank() * slice, nvec);
+  return {begin, std::min(begin + slice, nvec)};
+}
+#endif
+
+// Cluster path (sm_90): rows too long for one block's registers are split over a thread-block
+// cluster of 2-16 blocks, each holding a contiguous slice of the row in registers, so the row is
+// still read once; the streaming path would read it twice, the second time from HBM once the rows
+// in flight (a 256K bf16 row is 512 KB) outgrow L2. Each block reduces its slice to a Welford state
+// (two passes over its registers, around the slice's own mean) and the blocks exchange those states
+// through distributed shared memory; Chan's merge in rank order gives every block the same bits.
+// For RMSNorm the state carries mean 0 and m2 = sum of squares, which the same merge just adds.
+//
+// The states are double-buffered by row parity, so one cluster barrier per row suffices: a block
+// can only overwrite a buffer after the next row's barrier, which every block reaches after reading
+// that buffer.
+template <typename in_t, typename h_t, int kV>
+__global__ void __launch_bounds__(kFwdMaxThreads) row_norm_fwd_cluster(const RowNormFwdArgs<in_t, h_t> a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using acc_t = at::opmath_type<in_t>;
+  constexpr int kNV = kFwdMaxVecsPerThread;
+  __shared__ acc_t slots[kBlockReduceSlots];
+  __shared__ WelfordState<acc_t> cluster_states[2];
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int cluster_size = static_cast<int>(cluster.num_blocks());
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const auto [slice_begin, slice_end] = cluster_slice(cluster, a.cols / kV);
+  const bool is_rank0 = cluster.block_rank() == 0;
+  const acc_t slice_count = static_cast<acc_t>((slice_end - slice_begin) * kV);
+
+  int parity = 0;
+  for (int64_t row = blockIdx.x / cluster_size; row < a.rows; row += gridDim.x / cluster_size) {
+    const int64_t row_offset = row * a.cols;
+    // Every block reads the same shift, so all hold the same deviations.
+    const acc_t shift = row_shift(a, row_offset);
+    acc_t h[kNV][kV];
+    acc_t sum = 0;
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
+      if (j < slice_end) {
+        load_shifted_fwd_vector<in_t, h_t, kV>(a, row_offset + j * kV, shift, h[k], sum);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kV; ++i) h[k][i] = acc_t(0);
+      }
+    }
+    acc_t slice_mean = 0;
+    if (!a.rms && slice_count > acc_t(0)) slice_mean = block_allreduce_sum(sum, slots) / slice_count;
+    acc_t sq = 0;
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
+      if (j < slice_end) {
+#pragma unroll
+        for (int i = 0; i < kV; ++i) sq += (h[k][i] - slice_mean) * (h[k][i] - slice_mean);
+      }
+    }
+    sq = block_allreduce_sum(sq, slots);
+    if (threadIdx.x == 0) cluster_states[parity] = WelfordState<acc_t>{slice_count, slice_mean, sq};
+    cluster.sync();
+    // Each warp merges the cluster's states itself (lane r reads block r's), which needs no further
+    // barrier to broadcast the result.
+    WelfordState<acc_t> total = welford_init<acc_t>();
+    if (lane < cluster_size) total = *cluster.map_shared_rank(&cluster_states[parity], lane);
+    total = warp_allreduce(total, WelfordMergeOp{});
+    parity ^= 1;
+
+    const acc_t mean = total.mean;  // of the shifted row; 0 for RMSNorm
+    const acc_t rstd = rsqrt_acc(total.m2 / static_cast<acc_t>(a.cols) + a.eps);
+    if (is_rank0 && threadIdx.x == 0) {
+      if (a.mean != nullptr) a.mean[row] = shift + mean;
+      a.rstd[row] = rstd;
+    }
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
+      if (j < slice_end) store_fwd_vector<in_t, h_t, kV>(a, row_offset + j * kV, j * kV, h[k], mean, rstd);
+    }
+  }
+  // A block's shared memory must outlive the other blocks' reads of it.
+  cluster.sync();
+#else
+  // Launched only when the kernel was compiled for sm_90 or later (checked on the host).
+  __trap();
+#endif
+}
+
+// Cluster shapes for rows past the register path, tried in order: the first whose slice fits the
+// block's registers and which the device can schedule. 256-thread blocks first, as in the register
+// path (two blocks per SM overlap one's reductions with the other's loads); 16 blocks is beyond the
+// portable cluster size and depends on the GPU's partitioning, hence last.
+struct ClusterShape {
+  int blocks;
+  int max_threads;
+};
+constexpr ClusterShape kClusterShapes[] = {{2, 256}, {4, 256}, {8, 256}, {8, 512}, {16, 512}};
+constexpr int kMaxPortableClusterSize = 8;
+
+cudaLaunchAttribute cluster_dim_attribute(int blocks) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = blocks;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  return attr;
+}
+
+// Clusters of this shape that fit on the device at once (0: it cannot launch), cached per device,
+// kernel and shape, so that a launch makes no driver query.
+int max_active_clusters(const void* kernel, int blocks, int threads) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, int, int>, int> cache;
+  const int device = at::cuda::current_device();
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(device, kernel, blocks, threads);
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  cudaLaunchAttribute attr = cluster_dim_attribute(blocks);
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(threads);
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  int clusters = 0;
+  // A device that refuses non-portable sizes, or a shape it cannot schedule, answers with an error
+  // rather than a zero; either way the shape is skipped.
+  const bool allowed = blocks <= kMaxPortableClusterSize ||
+                       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+  if (!allowed || cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();
+    clusters = 0;
+  }
+  cache.emplace(key, clusters);
+  return clusters;
+}
+
+struct ClusterLaunch {
+  int blocks = 0;  // 0: no cluster launch fits
+  int threads = 0;
+  int max_clusters = 0;
+};
+
+// Picks the cluster shape for a row of nvec vectors, vecs_per_thread of them per thread. None on
+// GPUs before sm_90, and none when the kernel's code lacks the cluster path: the build may target
+// sm_80 only, and a GPU running JIT-compiled sm_80 PTX reports major 9 but has no such code.
+ClusterLaunch pick_cluster_launch(const void* kernel, int64_t nvec, int vecs_per_thread) {
+  if (at::cuda::getCurrentDeviceProperties()->major < 9) return {};
+  cudaFuncAttributes attrs{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
+  if (attrs.ptxVersion < 90) return {};
+  for (const ClusterShape& shape : kClusterShapes) {
+    const int64_t slice = ceil_div(nvec, shape.blocks);
+    if (slice > static_cast<int64_t>(shape.max_threads) * vecs_per_thread) continue;
+    const int threads = static_cast<int>(ceil_div(ceil_div(slice, vecs_per_thread), kWarpSize) * kWarpSize);
+    const int clusters = max_active_clusters(kernel, shape.blocks, threads);
+    if (clusters > 0) return {shape.blocks, threads, clusters};
+  }
+  return {};
+}
+
+template <typename... Params, typename... Args>
+void launch_clusters(void (*kernel)(Params...), const ClusterLaunch& shape, int64_t num_clusters, cudaStream_t stream,
+                     Args&&... args) {
+  cudaLaunchAttribute attr = cluster_dim_attribute(shape.blocks);
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(shape.blocks * num_clusters));
+  config.blockDim = dim3(shape.threads);
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
 template <typename in_t, typename h_t, int kV>
 void launch_row_norm_fwd_vec(const RowNormFwdArgs<in_t, h_t>& a, cudaStream_t stream) {
   const int64_t nvec = a.cols / kV;
@@ -349,6 +550,16 @@ void launch_row_norm_fwd_vec(const RowNormFwdArgs<in_t, h_t>& a, cudaStream_t st
       row_norm_fwd_reg<in_t, h_t, kFwdMaxVecsPerThread, kV><<<grid, threads, 0, stream>>>(a, threads);
     }
   } else {
+    // Misaligned rows (kV = 1) would need clusters far past 16 blocks at these lengths.
+    if constexpr (kV > 1) {
+      const auto kernel = row_norm_fwd_cluster<in_t, h_t, kV>;
+      const ClusterLaunch shape =
+          pick_cluster_launch(reinterpret_cast<const void*>(kernel), nvec, kFwdMaxVecsPerThread);
+      if (shape.blocks > 0) {
+        launch_clusters(kernel, shape, std::min<int64_t>(a.rows, shape.max_clusters), stream, a);
+        return;
+      }
+    }
     row_norm_fwd_stream<in_t, h_t, kV><<<std::min(a.rows, kMaxGridX), kStreamThreads, 0, stream>>>(a);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -437,6 +648,27 @@ __device__ __forceinline__ void store_bwd_vector(const RowNormBwdArgs<in_t, save
   store_vector(a.dx + offset, out);
 }
 
+// The register-held step of the backward for one vector: loads its x_hat and g, and adds its terms
+// to this thread's dgamma/dbeta partials and to the row sums of g and g * x_hat.
+template <typename in_t, typename saved_t, int kV>
+__device__ __forceinline__ void accumulate_bwd_vector(const RowNormBwdArgs<in_t, saved_t>& a, int64_t offset,
+                                                      int64_t col, at::opmath_type<in_t> mean,
+                                                      at::opmath_type<in_t> rstd, at::opmath_type<in_t> (&xhat)[kV],
+                                                      at::opmath_type<in_t> (&g)[kV], at::opmath_type<in_t> (&dw)[kV],
+                                                      at::opmath_type<in_t> (&db)[kV],
+                                                      SumPair<at::opmath_type<in_t>>& sums) {
+  using acc_t = at::opmath_type<in_t>;
+  acc_t dy[kV];
+  load_bwd_vector<in_t, saved_t, kV>(a, offset, col, mean, rstd, xhat, dy, g);
+#pragma unroll
+  for (int i = 0; i < kV; ++i) {
+    dw[i] += dy[i] * xhat[i];
+    db[i] += dy[i];
+    sums.first += g[i];
+    sums.second += g[i] * xhat[i];
+  }
+}
+
 // Register path of the backward. Block b owns rows [rows * b / G, rows * (b + 1) / G); its row
 // groups walk them, keeping x_hat and g of the current row and their dgamma/dbeta partials in
 // registers. At the end the groups fold their partials through shared memory in group order, and
@@ -473,15 +705,8 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
     for (int k = 0; k < kNV; ++k) {
       const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
       if (col < a.cols) {
-        acc_t dy[kV];
-        load_bwd_vector<in_t, saved_t, kV>(a, row_offset + col, col, mean, rstd, xhat[k], dy, g[k]);
-#pragma unroll
-        for (int i = 0; i < kV; ++i) {
-          dw[k][i] += dy[i] * xhat[k][i];
-          db[k][i] += dy[i];
-          sums.first += g[k][i];
-          sums.second += g[k][i] * xhat[k][i];
-        }
+        accumulate_bwd_vector<in_t, saved_t, kV>(a, row_offset + col, col, mean, rstd, xhat[k], g[k], dw[k], db[k],
+                                                 sums);
       } else {
 #pragma unroll
         for (int i = 0; i < kV; ++i) xhat[k][i] = g[k][i] = acc_t(0);
@@ -597,6 +822,85 @@ __global__ void __launch_bounds__(kStreamThreads)
   }
 }
 
+// Cluster path of the backward (sm_90), for rows past the register path: as in the forward, each
+// block of a cluster holds a contiguous column slice of the row in registers, and the row sums of
+// g and g * x_hat are exchanged through distributed shared memory (double-buffered, one barrier per
+// row). Cluster c owns rows [rows * c / G, rows * (c + 1) / G) of G clusters, so each block keeps
+// its slice's dgamma/dbeta partials in registers and writes them once, as cluster c's partial row.
+template <typename in_t, typename saved_t, int kV>
+__global__ void __launch_bounds__(kBwdMaxThreads)
+    row_norm_bwd_cluster(const RowNormBwdArgs<in_t, saved_t> a, at::opmath_type<in_t>* dw_partial,
+                         at::opmath_type<in_t>* db_partial) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using acc_t = at::opmath_type<in_t>;
+  constexpr int kNV = kBwdMaxVecsPerThread;
+  __shared__ SumPair<acc_t> slots[kBlockReduceSlots];
+  __shared__ SumPair<acc_t> cluster_sums[2];
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int cluster_size = static_cast<int>(cluster.num_blocks());
+  const int64_t cluster_id = blockIdx.x / cluster_size;
+  const int64_t num_clusters = gridDim.x / cluster_size;
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const acc_t n = static_cast<acc_t>(a.cols);
+  const auto [slice_begin, slice_end] = cluster_slice(cluster, a.cols / kV);
+
+  acc_t dw[kNV][kV] = {};
+  acc_t db[kNV][kV] = {};
+  const int64_t row_begin = a.rows * cluster_id / num_clusters;
+  const int64_t row_end = a.rows * (cluster_id + 1) / num_clusters;
+  int parity = 0;
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t row_offset = row * a.cols;
+    const acc_t rstd = a.rstd[row];
+    const acc_t mean = a.mean != nullptr ? a.mean[row] : acc_t(0);
+    acc_t xhat[kNV][kV];
+    acc_t g[kNV][kV];
+    SumPair<acc_t> sums{0, 0};
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
+      if (j < slice_end) {
+        accumulate_bwd_vector<in_t, saved_t, kV>(a, row_offset + j * kV, j * kV, mean, rstd, xhat[k], g[k], dw[k],
+                                                 db[k], sums);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kV; ++i) xhat[k][i] = g[k][i] = acc_t(0);
+      }
+    }
+    sums = block_allreduce(sums, SumOp{}, SumPair<acc_t>{0, 0}, slots);
+    if (threadIdx.x == 0) cluster_sums[parity] = sums;
+    cluster.sync();
+    SumPair<acc_t> total{0, 0};
+    if (lane < cluster_size) total = *cluster.map_shared_rank(&cluster_sums[parity], lane);
+    total = warp_allreduce(total, SumOp{});
+    parity ^= 1;
+    const acc_t mean_g = a.rms ? acc_t(0) : total.first / n;
+    const acc_t mean_gx = total.second / n;
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+      const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
+      if (j < slice_end)
+        store_bwd_vector<in_t, saved_t, kV>(a, row_offset + j * kV, rstd, mean_g, mean_gx, xhat[k], g[k]);
+    }
+  }
+
+  const int64_t partial_offset = cluster_id * a.cols;
+#pragma unroll
+  for (int k = 0; k < kNV; ++k) {
+    const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
+    if (j >= slice_end) continue;
+#pragma unroll
+    for (int i = 0; i < kV; ++i) {
+      if (dw_partial != nullptr) dw_partial[partial_offset + j * kV + i] = dw[k][i];
+      if (db_partial != nullptr) db_partial[partial_offset + j * kV + i] = db[k][i];
+    }
+  }
+  cluster.sync();
+#else
+  __trap();
+#endif
+}
+
 // out[c] = sum over p of partial[p][c], in a fixed order: kReduceSplits strided sums per column,
 // then combined in split order. Casts to the parameter's dtype.
 template <typename acc_t, typename out_t>
@@ -630,6 +934,34 @@ void reduce_partials_into(const at::Tensor& partial, at::Tensor& out, cudaStream
   });
 }
 
+// One partial row per block (or cluster, or row chunk) of dgamma or dbeta, when that grad is wanted.
+at::Tensor make_param_grad_partial(const at::Tensor& grad, int64_t num_partials, int64_t cols,
+                                   const at::TensorOptions& acc_opts) {
+  return grad.defined() ? at::empty({num_partials, cols}, acc_opts) : at::Tensor();
+}
+
+template <typename acc_t>
+acc_t* data_or_null(at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<acc_t>() : nullptr;
+}
+
+// Returns false when no cluster shape fits the row or the device; the caller then streams.
+template <typename in_t, typename saved_t, int kV>
+bool launch_row_norm_bwd_cluster(const RowNormBwdArgs<in_t, saved_t>& a, const at::Tensor& grad_weight,
+                                 const at::Tensor& grad_bias, const at::TensorOptions& acc_opts, cudaStream_t stream,
+                                 at::Tensor& dw_partial, at::Tensor& db_partial) {
+  using acc_t = at::opmath_type<in_t>;
+  const auto kernel = row_norm_bwd_cluster<in_t, saved_t, kV>;
+  const ClusterLaunch shape =
+      pick_cluster_launch(reinterpret_cast<const void*>(kernel), a.cols / kV, kBwdMaxVecsPerThread);
+  if (shape.blocks == 0) return false;
+  const int64_t clusters = std::min<int64_t>(a.rows, shape.max_clusters);
+  dw_partial = make_param_grad_partial(grad_weight, clusters, a.cols, acc_opts);
+  db_partial = make_param_grad_partial(grad_bias, clusters, a.cols, acc_opts);
+  launch_clusters(kernel, shape, clusters, stream, a, data_or_null<acc_t>(dw_partial), data_or_null<acc_t>(db_partial));
+  return true;
+}
+
 template <typename in_t, typename saved_t, int kV>
 void launch_row_norm_bwd_vec(const RowNormBwdArgs<in_t, saved_t>& a, at::Tensor& grad_weight, at::Tensor& grad_bias,
                              const at::TensorOptions& acc_opts, cudaStream_t stream) {
@@ -637,9 +969,9 @@ void launch_row_norm_bwd_vec(const RowNormBwdArgs<in_t, saved_t>& a, at::Tensor&
   const int64_t nvec = a.cols / kV;
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto make_partial = [&](const at::Tensor& grad, int64_t num_partials) {
-    return grad.defined() ? at::empty({num_partials, a.cols}, acc_opts) : at::Tensor();
+    return make_param_grad_partial(grad, num_partials, a.cols, acc_opts);
   };
-  const auto ptr_or_null = [](at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<acc_t>() : nullptr; };
+  const auto ptr_or_null = [](at::Tensor& t) { return data_or_null<acc_t>(t); };
   at::Tensor dw_partial;
   at::Tensor db_partial;
 
@@ -663,18 +995,26 @@ void launch_row_norm_bwd_vec(const RowNormBwdArgs<in_t, saved_t>& a, at::Tensor&
     kernel<<<grid, threads, smem, stream>>>(a, threads_per_row, ptr_or_null(dw_partial), ptr_or_null(db_partial));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
-    at::Tensor row_means = at::empty({a.rows, 2}, acc_opts);
-    row_norm_bwd_row_sums<in_t, saved_t, kV>
-        <<<std::min(a.rows, kMaxGridX), kStreamThreads, 0, stream>>>(a, row_means.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // About two waves of 512-thread blocks over the column tiles and row chunks.
-    const int64_t col_tiles = ceil_div(nvec, kStreamThreads);
-    const int64_t row_chunks = std::clamp<int64_t>(ceil_div(sms * 8, col_tiles), 1, std::min(a.rows, kMaxGridY));
-    dw_partial = make_partial(grad_weight, row_chunks);
-    db_partial = make_partial(grad_bias, row_chunks);
-    row_norm_bwd_stream<in_t, saved_t, kV><<<dim3(col_tiles, row_chunks), kStreamThreads, 0, stream>>>(
-        a, row_means.const_data_ptr<acc_t>(), ptr_or_null(dw_partial), ptr_or_null(db_partial));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // Misaligned rows (kV = 1) would need clusters far past 16 blocks at these lengths.
+    bool clustered = false;
+    if constexpr (kV > 1) {
+      clustered = launch_row_norm_bwd_cluster<in_t, saved_t, kV>(a, grad_weight, grad_bias, acc_opts, stream,
+                                                                 dw_partial, db_partial);
+    }
+    if (!clustered) {
+      at::Tensor row_means = at::empty({a.rows, 2}, acc_opts);
+      row_norm_bwd_row_sums<in_t, saved_t, kV>
+          <<<std::min(a.rows, kMaxGridX), kStreamThreads, 0, stream>>>(a, row_means.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      // About two waves of 512-thread blocks over the column tiles and row chunks.
+      const int64_t col_tiles = ceil_div(nvec, kStreamThreads);
+      const int64_t row_chunks = std::clamp<int64_t>(ceil_div(sms * 8, col_tiles), 1, std::min(a.rows, kMaxGridY));
+      dw_partial = make_partial(grad_weight, row_chunks);
+      db_partial = make_partial(grad_bias, row_chunks);
+      row_norm_bwd_stream<in_t, saved_t, kV><<<dim3(col_tiles, row_chunks), kStreamThreads, 0, stream>>>(
+          a, row_means.const_data_ptr<acc_t>(), ptr_or_null(dw_partial), ptr_or_null(db_partial));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   }
   reduce_partials_into<acc_t>(dw_partial, grad_weight, stream);
   reduce_partials_into<acc_t>(db_partial, grad_bias, stream);

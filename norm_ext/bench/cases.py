@@ -314,7 +314,7 @@ NORM_EXT_FUNCTION = {name: ("group_norm" if name == "group_norm_silu" else name)
 # numbers are DRAM bandwidth, not cache bandwidth. GPU: M = 32K rows, as in the README targets.
 CPU_ROW_HIDDEN = (1024, 4096, 16384)
 CPU_ROW_BYTES = 64 << 20
-GPU_ROW_HIDDEN = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+GPU_ROW_HIDDEN = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
 GPU_ROWS = 32768
 GPU_ROW_MAX_BYTES = 2 << 30  # 32K rows of 128K bf16 would be 8 GB; fewer rows past this
 
