@@ -474,10 +474,15 @@ int max_active_clusters(const void* kernel, int blocks, int threads) {
   config.attrs = &attr;
   config.numAttrs = 1;
   int clusters = 0;
+  // The kernel's code for this device may lack the cluster path: the build may target sm_80 only,
+  // and a GPU running JIT-compiled sm_80 PTX reports major 9 but has no such code.
+  cudaFuncAttributes attrs{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
   // A device that refuses non-portable sizes, or a shape it cannot schedule, answers with an error
   // rather than a zero; either way the shape is skipped.
-  const bool allowed = blocks <= kMaxPortableClusterSize ||
-                       cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+  const bool allowed = attrs.ptxVersion >= 90 &&
+                       (blocks <= kMaxPortableClusterSize ||
+                        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess);
   if (!allowed || cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
     (void)cudaGetLastError();
     clusters = 0;
@@ -492,14 +497,10 @@ struct ClusterLaunch {
   int max_clusters = 0;
 };
 
-// Picks the cluster shape for a row of nvec vectors, vecs_per_thread of them per thread. None on
-// GPUs before sm_90, and none when the kernel's code lacks the cluster path: the build may target
-// sm_80 only, and a GPU running JIT-compiled sm_80 PTX reports major 9 but has no such code.
+// Picks the cluster shape for a row of nvec vectors, vecs_per_thread of them per thread; none on
+// GPUs before sm_90 or where no shape fits (see max_active_clusters).
 ClusterLaunch pick_cluster_launch(const void* kernel, int64_t nvec, int vecs_per_thread) {
   if (at::cuda::getCurrentDeviceProperties()->major < 9) return {};
-  cudaFuncAttributes attrs{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
-  if (attrs.ptxVersion < 90) return {};
   for (const ClusterShape& shape : kClusterShapes) {
     const int64_t slice = ceil_div(nvec, shape.blocks);
     if (slice > static_cast<int64_t>(shape.max_threads) * vecs_per_thread) continue;
