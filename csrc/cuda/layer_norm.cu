@@ -969,10 +969,6 @@ void launch_row_norm_bwd_vec(const RowNormBwdArgs<in_t, saved_t>& a, at::Tensor&
   using acc_t = at::opmath_type<in_t>;
   const int64_t nvec = a.cols / kV;
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const auto make_partial = [&](const at::Tensor& grad, int64_t num_partials) {
-    return make_param_grad_partial(grad, num_partials, a.cols, acc_opts);
-  };
-  const auto ptr_or_null = [](at::Tensor& t) { return data_or_null<acc_t>(t); };
   at::Tensor dw_partial;
   at::Tensor db_partial;
 
@@ -991,9 +987,10 @@ void launch_row_norm_bwd_vec(const RowNormBwdArgs<in_t, saved_t>& a, at::Tensor&
     const int64_t row_groups = ceil_div(a.rows, rows_per_block);
     const int64_t grid =
         std::min({sms * std::max(blocks_per_sm, 1), std::max(sms, ceil_div(row_groups, kMinRowsPerGroup)), row_groups});
-    dw_partial = make_partial(grad_weight, grid);
-    db_partial = make_partial(grad_bias, grid);
-    kernel<<<grid, threads, smem, stream>>>(a, threads_per_row, ptr_or_null(dw_partial), ptr_or_null(db_partial));
+    dw_partial = make_param_grad_partial(grad_weight, grid, a.cols, acc_opts);
+    db_partial = make_param_grad_partial(grad_bias, grid, a.cols, acc_opts);
+    kernel<<<grid, threads, smem, stream>>>(a, threads_per_row, data_or_null<acc_t>(dw_partial),
+                                            data_or_null<acc_t>(db_partial));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     // Misaligned rows (kV = 1) would need clusters far past 16 blocks at these lengths.
@@ -1010,10 +1007,10 @@ void launch_row_norm_bwd_vec(const RowNormBwdArgs<in_t, saved_t>& a, at::Tensor&
       // About two waves of 512-thread blocks over the column tiles and row chunks.
       const int64_t col_tiles = ceil_div(nvec, kStreamThreads);
       const int64_t row_chunks = std::clamp<int64_t>(ceil_div(sms * 8, col_tiles), 1, std::min(a.rows, kMaxGridY));
-      dw_partial = make_partial(grad_weight, row_chunks);
-      db_partial = make_partial(grad_bias, row_chunks);
+      dw_partial = make_param_grad_partial(grad_weight, row_chunks, a.cols, acc_opts);
+      db_partial = make_param_grad_partial(grad_bias, row_chunks, a.cols, acc_opts);
       row_norm_bwd_stream<in_t, saved_t, kV><<<dim3(col_tiles, row_chunks), kStreamThreads, 0, stream>>>(
-          a, row_means.const_data_ptr<acc_t>(), ptr_or_null(dw_partial), ptr_or_null(db_partial));
+          a, row_means.const_data_ptr<acc_t>(), data_or_null<acc_t>(dw_partial), data_or_null<acc_t>(db_partial));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
