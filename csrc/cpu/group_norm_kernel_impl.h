@@ -13,9 +13,10 @@
 //
 // Otherwise the structure mirrors the CUDA kernels: the forward is one statistics pass and one
 // output pass, the backward one reduction pass (per-(n, c) sums) and one pass computing grad_input.
-// Statistics are computed per chunk of a group by two passes over the chunk (the chunk is small
-// enough to stay in L1/L2), and the chunks' (count, mean, m2) are merged with Chan's formula in
-// chunk order. Values enter the sums relative to their group's first element, so fp32 sums of an
+// Statistics are computed per chunk of a group, by two passes over a contiguous chunk (small
+// enough to stay in L1/L2) or, on channels-last input, by one pass of Welford's update per channel
+// over a block of rows, and the chunks' (count, mean, m2) are merged with Chan's formula in chunk
+// order. Values enter the sums relative to their group's first element, so fp32 sums of an
 // input with |mean| >> std do not lose the variance to rounding. Work items own disjoint outputs or
 // partials, and partials are always merged in a fixed order, so every result is independent of the
 // thread count and scheduling. The output pass computes (x - mean) * (rstd * w) + b, never
@@ -224,64 +225,61 @@ void normalize_row(const in_t* x, in_t* y, int64_t C, const acc_t* mu, const acc
       [&](int64_t c) { return activate<kSilu>((static_cast<acc_t>(x[c]) - mu[c]) * scale[c] + shift[c]); });
 }
 
-// Rows handled per sweep of the channels-last statistics: the per-channel accumulators are loaded
-// and stored once per kStatsRows rows instead of once per row, which made the loop store-bound.
-constexpr int64_t kStatsRows = 4;
+// Rows handled per sweep of the channels-last statistics: the per-channel state is loaded and
+// stored once per kStatsRows rows instead of once per row, which made the loop store-bound.
+constexpr int64_t kStatsRows = 8;
 
-// acc[c] += sum over `rows` (<= kStatsRows) consecutive channels-last rows of x[r][c] - shift[c];
-// each channel still adds its rows in order.
+// Welford's update of the per-channel (mean, m2) by `rows` (<= kStatsRows) consecutive
+// channels-last rows, each value taken relative to its channel's shift. The sweep starts after
+// `seen` rows, so row r is the (seen + r + 1)-th value of every channel and all channels share its
+// reciprocal count. One pass of five flops per value, against seven and a second read of the block
+// for a sum and then squared deviations from that mean; each channel still adds its rows in order.
+// With `next`, its rows * C elements (the same rows of the block processed next) are pulled into L2,
+// a few lines per step of the channel loop: issued all at once before the loop, the prefetches
+// outnumbered the misses a core keeps in flight and were partly dropped, and the next block's
+// sweep waited for DRAM (1.08-1.14x on the channels-last forward, bf16 and fp32).
 template <typename in_t, typename acc_t>
-C10_ALWAYS_INLINE void rows_add_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, acc_t* acc) {
+C10_ALWAYS_INLINE void rows_welford_update(const in_t* x, int64_t rows, int64_t seen, int64_t C, const acc_t* shift,
+                                           acc_t* mean, acc_t* m2, const in_t* next) {
+  using Vec = Vectorized<acc_t>;
   constexpr int64_t kStep = kPairLanes<acc_t>;
-  int64_t c = 0;
-  for (; c + kStep <= C; c += kStep) {
-    const auto [h0, h1] = load_pair<acc_t>(shift + c);
-    auto [a0, a1] = load_pair<acc_t>(acc + c);
-    for (int64_t r = 0; r < rows; ++r) {
-      const auto [x0, x1] = load_pair<acc_t>(x + r * C + c);
-      a0 += x0 - h0;
-      a1 += x1 - h1;
-    }
-    store_pair(acc + c, a0, a1);
+  // The new mean is m * (1 - 1/n) + d / n: one FMA on the loop-carried chain, where m + (d - m) / n
+  // puts a subtraction and an FMA on it and the loop waited on their latency.
+  acc_t inv_count[kStatsRows], keep[kStatsRows];
+  for (int64_t r = 0; r < rows; ++r) {
+    inv_count[r] = acc_t(1) / static_cast<acc_t>(seen + r + 1);
+    keep[r] = acc_t(1) - inv_count[r];
   }
-  for (; c < C; ++c) {
-    acc_t a = acc[c];
-    for (int64_t r = 0; r < rows; ++r) a += static_cast<acc_t>(x[r * C + c]) - shift[c];
-    acc[c] = a;
-  }
-}
-
-// acc[c] += sum over `rows` (<= kStatsRows) rows of ((x[r][c] - shift[c]) - mean[c])^2. With
-// `next`, its rows * C elements (the same rows of the block processed next) are pulled into L2, a
-// few lines per step of the channel loop: issued all at once before the loop, the prefetches
-// outnumbered the misses a core keeps in flight and were partly dropped, and the next block's first
-// pass waited for DRAM (1.08-1.14x on the channels-last forward, bf16 and fp32).
-template <typename in_t, typename acc_t>
-C10_ALWAYS_INLINE void rows_add_sq_dev(const in_t* x, int64_t rows, int64_t C, const acc_t* shift, const acc_t* mean,
-                                       acc_t* acc, const in_t* next) {
-  constexpr int64_t kStep = kPairLanes<acc_t>;
   int64_t c = 0;
   for (; c + kStep <= C; c += kStep) {
     if (next) prefetch_l2_span(next + c * rows, kStep * rows);
     const auto [h0, h1] = load_pair<acc_t>(shift + c);
-    const auto [m0, m1] = load_pair<acc_t>(mean + c);
-    auto [a0, a1] = load_pair<acc_t>(acc + c);
+    auto [m0, m1] = load_pair<acc_t>(mean + c);
+    auto [q0, q1] = load_pair<acc_t>(m2 + c);
     for (int64_t r = 0; r < rows; ++r) {
       const auto [x0, x1] = load_pair<acc_t>(x + r * C + c);
-      const auto d0 = (x0 - h0) - m0, d1 = (x1 - h1) - m1;
-      a0 = at::vec::fmadd(d0, d0, a0);
-      a1 = at::vec::fmadd(d1, d1, a1);
+      const Vec inv(inv_count[r]), kept(keep[r]);
+      const Vec d0 = x0 - h0, d1 = x1 - h1;
+      const Vec e0 = d0 - m0, e1 = d1 - m1;
+      m0 = at::vec::fmadd(m0, kept, d0 * inv);
+      m1 = at::vec::fmadd(m1, kept, d1 * inv);
+      q0 = at::vec::fmadd(e0, d0 - m0, q0);
+      q1 = at::vec::fmadd(e1, d1 - m1, q1);
     }
-    store_pair(acc + c, a0, a1);
+    store_pair(mean + c, m0, m1);
+    store_pair(m2 + c, q0, q1);
   }
   if (next) prefetch_l2_span(next + c * rows, (C - c) * rows);
   for (; c < C; ++c) {
-    acc_t a = acc[c];
+    acc_t m = mean[c], q = m2[c];
     for (int64_t r = 0; r < rows; ++r) {
-      const acc_t d = (static_cast<acc_t>(x[r * C + c]) - shift[c]) - mean[c];
-      a += d * d;
+      const acc_t d = static_cast<acc_t>(x[r * C + c]) - shift[c];
+      const acc_t e = d - m;
+      m = m * keep[r] + d * inv_count[r];
+      q += e * (d - m);
     }
-    acc[c] = a;
+    mean[c] = m;
+    m2[c] = q;
   }
 }
 
@@ -300,37 +298,39 @@ void channels_last_group_shifts(const in_t* sample, const GroupNormShape& s, acc
   }
 }
 
-// The partial state of every group over one block of `rows` channels-last rows (contiguous):
-// per-channel sums, group means, then per-channel squared deviations, the block (kStatsChunk
-// elements) being read the second time from L2. Meanwhile `next` (rows * C elements, or null), the
-// block processed next, is pulled into L2. out[g * out_stride] receives group g's state relative to
-// its shift; channel_acc and channel_mean are C-element scratch.
+// The partial state of every group over one block of `rows` channels-last rows (contiguous): a
+// Welford state per channel in one pass over the block, then each group's channels merged (equal
+// counts, so the group mean is the mean of the channel means). Meanwhile `next` (rows * C elements,
+// or null), the block processed next, is pulled into L2. out[g * out_stride] receives group g's
+// state relative to its shift; channel_mean and channel_m2 are C-element scratch.
 template <typename in_t, typename acc_t>
 void channels_last_block_stats(const in_t* block, int64_t rows, const GroupNormShape& s, const acc_t* channel_shift,
-                               const in_t* next, acc_t* channel_acc, acc_t* channel_mean, WelfordState<acc_t>* out,
+                               const in_t* next, acc_t* channel_mean, acc_t* channel_m2, WelfordState<acc_t>* out,
                                int64_t out_stride) {
   const int64_t C = s.c, D = s.channels_per_group;
-  const acc_t count = static_cast<acc_t>(rows * D);
-  std::fill(channel_acc, channel_acc + C, acc_t(0));
+  std::fill(channel_mean, channel_mean + C, acc_t(0));
+  std::fill(channel_m2, channel_m2 + C, acc_t(0));
+  const auto next_rows = [&](int64_t row) { return next ? next + row * C : nullptr; };
   // Full sweeps pass kStatsRows as a constant, so that the inlined row loop is unrolled.
   int64_t r = 0;
   for (; r + kStatsRows <= rows; r += kStatsRows)
-    rows_add_dev(block + r * C, kStatsRows, C, channel_shift, channel_acc);
-  if (r < rows) rows_add_dev(block + r * C, rows - r, C, channel_shift, channel_acc);
+    rows_welford_update(block + r * C, kStatsRows, r, C, channel_shift, channel_mean, channel_m2, next_rows(r));
+  if (r < rows)
+    rows_welford_update(block + r * C, rows - r, r, C, channel_shift, channel_mean, channel_m2, next_rows(r));
+  const acc_t rows_acc = static_cast<acc_t>(rows);
   for (int64_t g = 0; g < s.groups; ++g) {
+    const acc_t* gm = channel_mean + g * D;
+    const acc_t* gq = channel_m2 + g * D;
     acc_t sum = 0;
-    for (int64_t c = g * D; c < (g + 1) * D; ++c) sum += channel_acc[c];
-    std::fill(channel_mean + g * D, channel_mean + (g + 1) * D, sum / count);
-  }
-  std::fill(channel_acc, channel_acc + C, acc_t(0));
-  const auto next_rows = [&](int64_t row) { return next ? next + row * C : nullptr; };
-  for (r = 0; r + kStatsRows <= rows; r += kStatsRows)
-    rows_add_sq_dev(block + r * C, kStatsRows, C, channel_shift, channel_mean, channel_acc, next_rows(r));
-  if (r < rows) rows_add_sq_dev(block + r * C, rows - r, C, channel_shift, channel_mean, channel_acc, next_rows(r));
-  for (int64_t g = 0; g < s.groups; ++g) {
-    acc_t m2 = 0;
-    for (int64_t c = g * D; c < (g + 1) * D; ++c) m2 += channel_acc[c];
-    out[g * out_stride] = {count, channel_mean[g * D], m2};
+    for (int64_t d = 0; d < D; ++d) sum += gm[d];
+    const acc_t mean = sum / static_cast<acc_t>(D);
+    acc_t within = 0, between = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const acc_t dev = gm[d] - mean;
+      within += gq[d];
+      between += dev * dev;
+    }
+    out[g * out_stride] = {rows_acc * static_cast<acc_t>(D), mean, within + rows_acc * between};
   }
 }
 
@@ -374,15 +374,15 @@ void group_stats_cpu(const in_t* x, const GroupNormShape& s, double eps, acc_t* 
       const GroupNormShape sh = s;
       const int64_t nchunks = chunks, rows_per = rows_per_chunk;
       WelfordState<acc_t>* const part = partials.data();
-      std::vector<acc_t> channel_acc(sh.c), channel_mean(sh.c), channel_shift(sh.c);
+      std::vector<acc_t> channel_mean(sh.c), channel_m2(sh.c), channel_shift(sh.c);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / nchunks, chunk = item % nchunks;
         const int64_t row_begin = chunk * rows_per, row_end = std::min(sh.hw, row_begin + rows_per);
         const in_t* sample = xp + n * sh.hw * sh.c;
         channels_last_group_shifts(sample, sh, channel_shift.data());
         channels_last_block_stats(sample + row_begin * sh.c, row_end - row_begin, sh, channel_shift.data(),
-                                  item + 1 < end ? sample + row_end * sh.c : nullptr, channel_acc.data(),
-                                  channel_mean.data(), part + n * sh.groups * nchunks + chunk, nchunks);
+                                  item + 1 < end ? sample + row_end * sh.c : nullptr, channel_mean.data(),
+                                  channel_m2.data(), part + n * sh.groups * nchunks + chunk, nchunks);
       }
     });
   }
@@ -480,7 +480,7 @@ void group_norm_fused_channels_last_forward_cpu(const in_t* x, in_t* y, const Gr
     const int64_t C = sh.c, G = sh.groups, D = sh.channels_per_group, hw = sh.hw;
     const int64_t rows_per_block = std::max<int64_t>(1, kStatsChunk / C);
     const acc_t acc_eps = static_cast<acc_t>(eps);
-    std::vector<acc_t> channel_acc(C), channel_mean(C), channel_shift(C), mu_c(C), scale_c(C);
+    std::vector<acc_t> channel_mean(C), channel_m2(C), channel_shift(C), mu_c(C), scale_c(C);
     std::vector<WelfordState<acc_t>> block_states(G), totals(G);
     for (int64_t n = begin; n < end; ++n) {
       const in_t* sample = xp + n * hw * C;
@@ -491,8 +491,8 @@ void group_norm_fused_channels_last_forward_cpu(const in_t* x, in_t* y, const Gr
         const int64_t rows = std::min(rows_per_block, hw - row);
         const bool has_next = row + rows < hw;
         channels_last_block_stats(sample + row * C, rows, sh, channel_shift.data(),
-                                  has_next ? sample + (row + rows) * C : nullptr, channel_acc.data(),
-                                  channel_mean.data(), block_states.data(), 1);
+                                  has_next ? sample + (row + rows) * C : nullptr, channel_mean.data(),
+                                  channel_m2.data(), block_states.data(), 1);
         for (int64_t g = 0; g < G; ++g) totals[g] = welford_merge(totals[g], block_states[g]);
       }
       for (int64_t g = 0; g < G; ++g) {
