@@ -232,8 +232,8 @@ constexpr int64_t kStatsRows = 8;
 // Welford's update of the per-channel (mean, m2) by `rows` (<= kStatsRows) consecutive
 // channels-last rows, each value taken relative to its channel's shift. The sweep starts after
 // `seen` rows, so row r is the (seen + r + 1)-th value of every channel and all channels share its
-// reciprocal count. One pass of five flops per value, against seven and a second read of the block
-// for a sum and then squared deviations from that mean; each channel still adds its rows in order.
+// reciprocal count. One pass over the block, where a sum and then the squared deviations from its
+// mean read it twice, for one more flop per value; each channel still adds its rows in order.
 // With `next`, its rows * C elements (the same rows of the block processed next) are pulled into L2,
 // a few lines per step of the channel loop: issued all at once before the loop, the prefetches
 // outnumbered the misses a core keeps in flight and were partly dropped, and the next block's
