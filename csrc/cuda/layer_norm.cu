@@ -670,6 +670,43 @@ __device__ __forceinline__ void accumulate_bwd_vector(const RowNormBwdArgs<in_t,
   }
 }
 
+// One row of the register-held backward, shared by the register and the cluster kernels: this
+// thread's vector k sits at column col_of(k), or nowhere where that is negative. Loads x_hat and g,
+// adds to the dgamma/dbeta partials and returns the thread's share of the two row sums.
+template <typename in_t, typename saved_t, int kNV, int kV, typename ColOf>
+__device__ __forceinline__ SumPair<at::opmath_type<in_t>> accumulate_bwd_row(
+    const RowNormBwdArgs<in_t, saved_t>& a, int64_t row_offset, at::opmath_type<in_t> mean, at::opmath_type<in_t> rstd,
+    const ColOf& col_of, at::opmath_type<in_t> (&xhat)[kNV][kV], at::opmath_type<in_t> (&g)[kNV][kV],
+    at::opmath_type<in_t> (&dw)[kNV][kV], at::opmath_type<in_t> (&db)[kNV][kV]) {
+  using acc_t = at::opmath_type<in_t>;
+  SumPair<acc_t> sums{0, 0};
+#pragma unroll
+  for (int k = 0; k < kNV; ++k) {
+    const int64_t col = col_of(k);
+    if (col >= 0) {
+      accumulate_bwd_vector<in_t, saved_t, kV>(a, row_offset + col, col, mean, rstd, xhat[k], g[k], dw[k], db[k], sums);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kV; ++i) xhat[k][i] = g[k][i] = acc_t(0);
+    }
+  }
+  return sums;
+}
+
+// grad_input of the row that accumulate_bwd_row loaded, from its row means of g and g * x_hat.
+template <typename in_t, typename saved_t, int kNV, int kV, typename ColOf>
+__device__ __forceinline__ void store_bwd_row(const RowNormBwdArgs<in_t, saved_t>& a, int64_t row_offset,
+                                              at::opmath_type<in_t> rstd, at::opmath_type<in_t> mean_g,
+                                              at::opmath_type<in_t> mean_gx, const ColOf& col_of,
+                                              const at::opmath_type<in_t> (&xhat)[kNV][kV],
+                                              const at::opmath_type<in_t> (&g)[kNV][kV]) {
+#pragma unroll
+  for (int k = 0; k < kNV; ++k) {
+    const int64_t col = col_of(k);
+    if (col >= 0) store_bwd_vector<in_t, saved_t, kV>(a, row_offset + col, rstd, mean_g, mean_gx, xhat[k], g[k]);
+  }
+}
+
 // Register path of the backward. Block b owns rows [rows * b / G, rows * (b + 1) / G); its row
 // groups walk them, keeping x_hat and g of the current row and their dgamma/dbeta partials in
 // registers. At the end the groups fold their partials through shared memory in group order, and
@@ -691,6 +728,11 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
     return warp_mode ? warp_allreduce(v, SumOp{}) : block_allreduce(v, SumOp{}, SumPair<acc_t>{0, 0}, slots);
   };
 
+  const auto col_of = [&](int k) {
+    const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
+    return col < a.cols ? col : int64_t(-1);
+  };
+
   acc_t dw[kNV][kV] = {};
   acc_t db[kNV][kV] = {};
   const int64_t row_begin = a.rows * blockIdx.x / gridDim.x;
@@ -701,26 +743,11 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
     const acc_t mean = a.mean != nullptr ? a.mean[row] : acc_t(0);
     acc_t xhat[kNV][kV];
     acc_t g[kNV][kV];
-    SumPair<acc_t> sums{0, 0};
-#pragma unroll
-    for (int k = 0; k < kNV; ++k) {
-      const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
-      if (col < a.cols) {
-        accumulate_bwd_vector<in_t, saved_t, kV>(a, row_offset + col, col, mean, rstd, xhat[k], g[k], dw[k], db[k],
-                                                 sums);
-      } else {
-#pragma unroll
-        for (int i = 0; i < kV; ++i) xhat[k][i] = g[k][i] = acc_t(0);
-      }
-    }
-    sums = row_sums(sums);
+    const SumPair<acc_t> sums =
+        row_sums(accumulate_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, mean, rstd, col_of, xhat, g, dw, db));
     const acc_t mean_g = a.rms ? acc_t(0) : sums.first / n;
     const acc_t mean_gx = sums.second / n;
-#pragma unroll
-    for (int k = 0; k < kNV; ++k) {
-      const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
-      if (col < a.cols) store_bwd_vector<in_t, saved_t, kV>(a, row_offset + col, rstd, mean_g, mean_gx, xhat[k], g[k]);
-    }
+    store_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, rstd, mean_g, mean_gx, col_of, xhat, g);
   }
 
   acc_t* dw_out = dw_partial != nullptr ? dw_partial + static_cast<int64_t>(blockIdx.x) * a.cols : nullptr;
@@ -730,8 +757,8 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
       const bool last = turn == rows_per_block - 1;
 #pragma unroll
       for (int k = 0; k < kNV; ++k) {
-        const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
-        if (col >= a.cols) continue;
+        const int64_t col = col_of(k);
+        if (col < 0) continue;
 #pragma unroll
         for (int i = 0; i < kV; ++i) {
           acc_t dw_sum = dw[k][i];
@@ -843,7 +870,11 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
   const int64_t num_clusters = gridDim.x / cluster_size;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const acc_t n = static_cast<acc_t>(a.cols);
-  const auto [slice_begin, slice_end] = cluster_slice(cluster, a.cols / kV);
+  const std::pair<int64_t, int64_t> slice = cluster_slice(cluster, a.cols / kV);
+  const auto col_of = [&](int k) {
+    const int64_t j = slice.first + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
+    return j < slice.second ? j * kV : int64_t(-1);
+  };
 
   acc_t dw[kNV][kV] = {};
   acc_t db[kNV][kV] = {};
@@ -856,19 +887,9 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
     const acc_t mean = a.mean != nullptr ? a.mean[row] : acc_t(0);
     acc_t xhat[kNV][kV];
     acc_t g[kNV][kV];
-    SumPair<acc_t> sums{0, 0};
-#pragma unroll
-    for (int k = 0; k < kNV; ++k) {
-      const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
-      if (j < slice_end) {
-        accumulate_bwd_vector<in_t, saved_t, kV>(a, row_offset + j * kV, j * kV, mean, rstd, xhat[k], g[k], dw[k],
-                                                 db[k], sums);
-      } else {
-#pragma unroll
-        for (int i = 0; i < kV; ++i) xhat[k][i] = g[k][i] = acc_t(0);
-      }
-    }
-    sums = block_allreduce(sums, SumOp{}, SumPair<acc_t>{0, 0}, slots);
+    const SumPair<acc_t> sums =
+        block_allreduce(accumulate_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, mean, rstd, col_of, xhat, g, dw, db),
+                        SumOp{}, SumPair<acc_t>{0, 0}, slots);
     if (threadIdx.x == 0) cluster_sums[parity] = sums;
     cluster.sync();
     SumPair<acc_t> total{0, 0};
@@ -877,23 +898,18 @@ __global__ void __launch_bounds__(kBwdMaxThreads)
     parity ^= 1;
     const acc_t mean_g = a.rms ? acc_t(0) : total.first / n;
     const acc_t mean_gx = total.second / n;
-#pragma unroll
-    for (int k = 0; k < kNV; ++k) {
-      const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
-      if (j < slice_end)
-        store_bwd_vector<in_t, saved_t, kV>(a, row_offset + j * kV, rstd, mean_g, mean_gx, xhat[k], g[k]);
-    }
+    store_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, rstd, mean_g, mean_gx, col_of, xhat, g);
   }
 
   const int64_t partial_offset = cluster_id * a.cols;
 #pragma unroll
   for (int k = 0; k < kNV; ++k) {
-    const int64_t j = slice_begin + threadIdx.x + k * static_cast<int64_t>(blockDim.x);
-    if (j >= slice_end) continue;
+    const int64_t col = col_of(k);
+    if (col < 0) continue;
 #pragma unroll
     for (int i = 0; i < kV; ++i) {
-      if (dw_partial != nullptr) dw_partial[partial_offset + j * kV + i] = dw[k][i];
-      if (db_partial != nullptr) db_partial[partial_offset + j * kV + i] = db[k][i];
+      if (dw_partial != nullptr) dw_partial[partial_offset + col + i] = dw[k][i];
+      if (db_partial != nullptr) db_partial[partial_offset + col + i] = db[k][i];
     }
   }
   cluster.sync();
