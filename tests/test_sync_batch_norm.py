@@ -282,14 +282,15 @@ def test_sync_batch_norm_nccl_world_size_one():
     _spawn(_nccl_scenario, 1, backend="nccl")
 
 
-def test_ddp_example_runs_on_cpu():
+@pytest.mark.parametrize("flags", [[], ["--compile", "--channels-last"]], ids=["eager", "compiled"])
+def test_ddp_example_runs_on_cpu(flags):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()), os.path.join(root, "examples", "train_syncbn.py"), "--steps", "3",
+        "--master-port", str(_free_port()), os.path.join(root, "examples", "train_syncbn.py"), "--steps", "3", *flags,
     ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "running stats identical on all ranks" in result.stdout
