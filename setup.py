@@ -5,6 +5,11 @@ from whether a GPU is visible, so a GPU-less build host produces the CUDA kernel
 
 Environment:
   NORM_EXT_CUDA=0|1       force a CPU-only build / require CUDA (default: auto).
+  NORM_EXT_SIMT=0|1|checked
+                          also build norm_ext._simt, the CUDA kernels compiled for the host and run
+                          on CPU fibers (csrc/simt); "checked" builds it with clang, AddressSanitizer
+                          and the race / uninitialized-read checker (default: 0).
+  NORM_EXT_SIMT_CXX       the clang++ of the checked build (default: clang++-19, else clang++).
   TORCH_CUDA_ARCH_LIST    GPU architectures (default: the visible GPU's, else "8.0;9.0+PTX").
   MAX_JOBS                parallel compile jobs (ninja).
   CUDA_HOME               CUDA toolkit (default: /usr/local/cuda when it has nvcc).
@@ -13,6 +18,7 @@ Environment:
 import glob
 import importlib.util
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
@@ -58,8 +64,75 @@ def _extra_cuda_include_dirs():
     return dirs
 
 
-def _extension():
+def _want_simt():
+    request = os.environ.get("NORM_EXT_SIMT", "0").strip().lower()
+    if request not in ("0", "1", "checked"):
+        sys.exit(f"norm_ext: NORM_EXT_SIMT must be 0, 1 or checked, got {request!r}")
+    return request
+
+
+def _checked_simt_compiler():
+    for name in (os.environ.get("NORM_EXT_SIMT_CXX"), "clang++-19", "clang++"):
+        if name and shutil.which(name):
+            return name
+    sys.exit("norm_ext: NORM_EXT_SIMT=checked needs clang++ (set NORM_EXT_SIMT_CXX; Debian: apt-get install clang-19)")
+
+
+# The checked SIMT build: AddressSanitizer's instrumentation in callback mode, every access of the
+# kernels calling csrc/simt/checker.cpp first (which hands it to AddressSanitizer after its own
+# checks), and no vectorizer (it would merge a kernel's scalar accesses into wider ones).
+CHECKED_SIMT_FLAGS = [
+    "-O1",
+    "-g",
+    "-fno-omit-frame-pointer",
+    "-fno-vectorize",
+    "-fno-slp-vectorize",
+    "-fsanitize=address",
+    "-fsanitize-address-use-after-return=never",
+    "-mllvm",
+    "-asan-instrumentation-with-call-threshold=0",
+    "-mllvm",
+    "-asan-memory-access-callback-prefix=__norm_ext_simt_",
+    "-DNORM_EXT_SIMT_CHECKED",
+]
+
+
+def _simt_extension(request):
+    """norm_ext._simt: the kernels of csrc/cuda compiled for the host (no CUDA toolkit needed)."""
+    sources = sorted(glob.glob("csrc/simt/*.cpp"))
+    flags = ["-DNORM_EXT_SIMT"]
+    flags += CHECKED_SIMT_FLAGS if request == "checked" else ["-O2"]
+    ext = CppExtension(
+        "norm_ext._simt",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": flags},
+    )
+    ext.cxx = _checked_simt_compiler() if request == "checked" else None
+    return ext
+
+
+class NormExtBuild(BuildExtension):
+    """BuildExtension that compiles an extension with its own C++ compiler where it names one."""
+
+    def build_extension(self, ext):
+        cxx = getattr(ext, "cxx", None)
+        if cxx is None:
+            return super().build_extension(ext)
+        previous = os.environ.get("CXX")
+        os.environ["CXX"] = cxx
+        try:
+            return super().build_extension(ext)
+        finally:
+            if previous is None:
+                del os.environ["CXX"]
+            else:
+                os.environ["CXX"] = previous
+
+
+def _extensions():
     with_cuda, request = _want_cuda()
+    simt = _want_simt()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # at::parallel_for is a header template whose OpenMP pragma compiles into our objects: without
     # -fopenmp every kernel would silently run on one thread. (Apple clang has no -fopenmp.)
@@ -93,17 +166,19 @@ def _extension():
         f"  NORM_EXT_CUDA={request} -> {'CUDA + CPU kernels' if with_cuda else 'CPU kernels only'}\n"
         f"  CUDA_HOME={cuda_home}\n"
         f"  TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(torch default)') if with_cuda else '-'}\n"
+        f"  NORM_EXT_SIMT={simt} -> "
+        f"{ {'0': 'no SIMT backend', '1': 'SIMT backend', 'checked': 'checked SIMT backend'}[simt] }\n"
         f"  MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}\n"
         f"  extra include dirs={include_dirs[1:]}",
         flush=True,
     )
     if not with_cuda and request == "auto":
         print("norm_ext: building without CUDA kernels (CPU-only torch or no nvcc)", flush=True)
-    return ext
+    return [ext] + ([_simt_extension(simt)] if simt != "0" else [])
 
 
 setup(
     packages=find_packages(include=["norm_ext", "norm_ext.*"]),
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension},
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": NormExtBuild},
 )

@@ -29,7 +29,7 @@ KERNEL_TEST_FILES = [
 ]
 KERNEL_TESTS = (
     "(parity or paths or large_offset or misaligned or non_contiguous or optional_affine or alignment or streamed "
-    "or training_steps or cache or fp32_params or options) and not cuda"
+    "or training_steps or cache or fp32_params or options) and not cuda and not simt"
 )
 
 

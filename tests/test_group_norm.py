@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import DEVICES, needs_cuda
+from conftest import DEVICES, GPU_DEVICES, on_simt
 from tolerances import BACKWARD, FORWARD, assert_close_to_reference
 
 import norm_ext
-from norm_ext import reference
+from norm_ext import reference, simt
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -275,27 +275,51 @@ def test_bad_input():
         torch.ops.norm_ext.group_norm_backward(x[:1], x, 3, mean, rstd, None, None, None)
 
 
-@needs_cuda
+@pytest.mark.parametrize("device", GPU_DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_cuda_deterministic_and_two_launches(channels_last):
-    x = _make_input((2, 32, 40, 40), torch.float32, "cuda", channels_last)
-    w, b = torch.randn(32, device="cuda"), torch.randn(32, device="cuda")
+def test_deterministic_and_two_launches(channels_last, device, request):
+    x = _make_input((2, 32, 40, 40), torch.float32, device, channels_last)
+    w, b = torch.randn(32, device=device), torch.randn(32, device=device)
     dy = torch.randn_like(x)
 
-    def run():
-        y, mean, rstd = torch.ops.norm_ext.group_norm(x, 8, w, b, 1e-5, "silu")
-        return (y, mean, rstd, *torch.ops.norm_ext.group_norm_backward(dy, x, 8, mean, rstd, w, b, "silu"))
+    def forward():
+        return torch.ops.norm_ext.group_norm(x, 8, w, b, 1e-5, "silu")
 
-    first, second = run(), run()
+    def backward(mean, rstd):
+        return torch.ops.norm_ext.group_norm_backward(dy, x, 8, mean, rstd, w, b, "silu")
+
+    def run():
+        y, mean, rstd = forward()
+        return (y, mean, rstd, *backward(mean, rstd))
+
+    first = run()
+    if on_simt(request):
+        # The same bits whatever order the threads run in.
+        with simt.serving("reverse"):
+            second = run()
+    else:
+        second = run()
     for a, b_ in zip(first, second):
         assert torch.equal(a, b_)
+
+    if on_simt(request):
+        with simt.launch_log() as forward_launches:
+            _, mean, rstd = forward()
+        with simt.launch_log() as backward_launches:
+            backward(mean, rstd)
+        assert [launch.name for launch in forward_launches] == ["group_stats_kernel", "group_norm_apply_kernel"]
+        assert [launch.name for launch in backward_launches] == [
+            "group_norm_backward_reduce_kernel",
+            "group_norm_grad_input_kernel",
+        ]
+        return
     torch.cuda.synchronize()
     activities = [torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as forward_prof:
-        y, mean, rstd = torch.ops.norm_ext.group_norm(x, 8, w, b, 1e-5, "silu")
+        _, mean, rstd = forward()
         torch.cuda.synchronize()
     with torch.profiler.profile(activities=activities) as backward_prof:
-        torch.ops.norm_ext.group_norm_backward(dy, x, 8, mean, rstd, w, b, "silu")
+        backward(mean, rstd)
         torch.cuda.synchronize()
 
     def kernels(prof):

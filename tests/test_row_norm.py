@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import DEVICES, needs_cuda
+from conftest import DEVICES, GPU_DEVICES, needs_cuda
 from tolerances import BACKWARD, FORWARD, assert_close_to_reference
 
 import norm_ext
@@ -136,30 +136,33 @@ def test_large_offset_rows_keep_their_variance(device):
 
 
 # Rows past one block's registers. On sm_90 these split over thread-block clusters of 2-16 blocks
-# (csrc/cuda/layer_norm.cu; 40000 bf16 takes 4 blocks forward and 8 backward, 65536 fp32 8 and 16),
-# and past what 16 blocks hold (backward: 262144 bf16, 131072 fp32 and up) they stream. There are
-# more rows than clusters fit at once, so each cluster takes several rows and reuses its buffers.
-LONG_ROWS = [(300, 40000), (200, 65536), (64, 131072), (24, 262144)]
+# (plans/row_norm.h; 40000 bf16 takes 4 blocks forward and 8 backward, 65536 fp32 8 and 16), and past
+# what 16 blocks hold (backward: 262144 bf16, 131072 fp32 and up) they stream. With more rows than
+# clusters fit at once, each cluster takes several rows and reuses its exchange buffers. float64
+# rows past 65536 only stream, which n300000 covers.
+LONG_ROWS = [
+    pytest.param(rows, cols, dtype, id=f"n{cols}-{str(dtype).split('.')[-1]}")
+    for rows, cols in [(300, 40000), (200, 65536), (64, 131072), (24, 262144)]
+    for dtype in (torch.float32, torch.float64, torch.bfloat16)
+    if not (dtype == torch.float64 and cols > 65536)
+]
 
 
-@needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("rows,cols", LONG_ROWS, ids=[f"n{c}" for _, c in LONG_ROWS])
+@pytest.mark.parametrize("device", GPU_DEVICES)
+@pytest.mark.parametrize("rows,cols,dtype", LONG_ROWS)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
-def test_long_rows_cuda(kind, rows, cols, dtype):
-    if dtype == torch.float64 and cols > 65536:
-        pytest.skip("float64 rows this long only take the streaming path already covered by n300000")
-    x = torch.randn(rows, cols, dtype=dtype, device="cuda") * 2 + 0.5
-    w, b = _params((cols,), dtype, "cuda")
+def test_long_rows(kind, rows, cols, dtype, device):
+    x = torch.randn(rows, cols, dtype=dtype, device=device) * 2 + 0.5
+    w, b = _params((cols,), dtype, device)
     _check_forward_backward(kind, x, (cols,), w, b, 1e-5, dtype)
 
 
-@needs_cuda
+@pytest.mark.parametrize("device", GPU_DEVICES)
 @pytest.mark.parametrize("cols", [65536, 262144])
-def test_long_rows_with_large_offset_keep_their_variance_cuda(cols):
+def test_long_rows_with_large_offset_keep_their_variance(cols, device):
     # Each block of a cluster shifts by the row's first element and merges its slice's (count,
     # mean, m2) by Chan's formula; any E[x^2] - E[x]^2 step would lose this row entirely.
-    x = (1e4 + 1e-2 * torch.randn(8, cols, dtype=torch.float64, device="cuda")).float()
+    x = (1e4 + 1e-2 * torch.randn(8, cols, dtype=torch.float64, device=device)).float()
     y = norm_ext.layer_norm(x, (cols,), eps=1e-9)
     y64 = reference.layer_norm(x, (cols,), eps=1e-9)
     assert float((y.double() - y64).abs().max()) < 1e-3
@@ -296,6 +299,7 @@ def test_bad_input_raises_named_error(call, exc, match):
 
 @needs_cuda
 def test_weight_on_another_device_raises():
+    # Two devices are needed: the SIMT backend serves CPU tensors only.
     x = torch.randn(4, 8, device="cuda")
     with pytest.raises(RuntimeError, match="weight is on cpu but input is on cuda"):
         norm_ext.layer_norm(x, (8,), torch.ones(8))

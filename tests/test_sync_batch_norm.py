@@ -17,7 +17,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import SIMT, on_simt
 
+from norm_ext import simt
 from norm_ext.distributed import count_collectives
 
 pytestmark = [
@@ -46,7 +48,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world_size, port, fn, backend):
+def _entry(rank, world_size, port, fn, backend, simt_seed):
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)
@@ -58,15 +60,25 @@ def _entry(rank, world_size, port, fn, backend):
         timeout=datetime.timedelta(seconds=60),
     )
     try:
-        fn(rank, world_size)
+        if simt_seed is None:
+            fn(rank, world_size)
+        else:
+            with simt.serving("random", simt_seed + rank):
+                fn(rank, world_size)
     finally:
         dist.destroy_process_group()
 
 
-def _spawn(fn, world_size, timeout=240, backend="gloo"):
+def _spawn(fn, world_size, timeout=240, backend="gloo", simt_seed=None):
+    """Runs fn(rank, world_size) in each of world_size workers; with simt_seed, on the SIMT backend's
+    CUDA kernels (random schedules drawn from the seed)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = mp.start_processes(
-        _entry, args=(world_size, _free_port(), fn, backend), nprocs=world_size, join=False, start_method="spawn"
+        _entry,
+        args=(world_size, _free_port(), fn, backend, simt_seed),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
     )
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=5):
@@ -249,12 +261,18 @@ def _compiled_scenario(rank, world_size):
     _check_sync_parity(rank, [0, 1], dist.group.WORLD, [2, 3], [(3, 3), (2, 5)], momentum=None, compiled=True)
 
 
-def test_sync_batch_norm_gloo_scenarios():
-    _spawn(_eager_scenarios, 4)
+def _simt_seed(request):
+    return simt.seed_for(request.node.nodeid) if on_simt(request) else None
 
 
-def test_sync_batch_norm_torch_compile_fullgraph():
-    _spawn(_compiled_scenario, 2)
+@pytest.mark.parametrize("device", ["cpu", SIMT])
+def test_sync_batch_norm_gloo_scenarios(device, request):
+    _spawn(_eager_scenarios, 4, simt_seed=_simt_seed(request))
+
+
+@pytest.mark.parametrize("device", ["cpu", SIMT])
+def test_sync_batch_norm_torch_compile_fullgraph(device, request):
+    _spawn(_compiled_scenario, 2, simt_seed=_simt_seed(request))
 
 
 def _nccl_scenario(rank, world_size):

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import DEVICES, needs_cuda
+from conftest import DEVICES
 from torch.nn.utils import parametrizations as torch_param
 
 import norm_ext
@@ -134,12 +134,3 @@ def test_bad_input():
         torch.ops.norm_ext.weight_norm(v.int(), torch.ones(4, 1), 0)
     with pytest.raises(ValueError, match="no tensor attribute"):
         norm_ext.weight_norm(torch.nn.Linear(3, 2), name="nope")
-
-
-@needs_cuda
-def test_cuda_matches_cpu():
-    v = torch.randn(16, 3, 3, 3, dtype=torch.float64)
-    g = torch.rand(16, 1, 1, 1, dtype=torch.float64)
-    torch.testing.assert_close(
-        norm_ext.functional.weight_norm(v.cuda(), g.cuda(), 0).cpu(), norm_ext.functional.weight_norm(v, g, 0)
-    )

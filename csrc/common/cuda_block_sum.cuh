@@ -2,9 +2,10 @@
 // Deterministic block-wide sum for CUDA kernels: a warp-shuffle tree within each warp, then the warp
 // totals reduced by the first warp in warp order. The order of additions depends only on blockDim.
 
-#include <cuda_runtime.h>
+#include "cuda/device_api.h"
 
 namespace norm_ext {
+inline namespace NORM_EXT_GPU_NAMESPACE {
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t value) {
@@ -32,4 +33,5 @@ __device__ __forceinline__ acc_t block_sum(acc_t value, acc_t* scratch) {
   return scratch[0];
 }
 
+}  // namespace NORM_EXT_GPU_NAMESPACE
 }  // namespace norm_ext

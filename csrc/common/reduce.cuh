@@ -6,11 +6,11 @@
 // always combine (lower lane, upper lane) in that order, so a non-commutative operation such as the
 // Welford merge leaves the same bits in every lane; threads of one row never disagree on its mean.
 
-#include <cuda_runtime.h>
-
-#include "welford.h"
+#include "common/welford.h"
+#include "cuda/device_api.h"
 
 namespace norm_ext {
+inline namespace NORM_EXT_GPU_NAMESPACE {
 
 constexpr int kWarpSize = 32;
 // Slots a block reduction needs in shared memory: one per warp (at most 32) plus the result.
@@ -106,4 +106,5 @@ __device__ __forceinline__ WelfordState<acc_t> block_allreduce_welford(const Wel
   return block_allreduce(s, WelfordMergeOp{}, welford_init<acc_t>(), slots);
 }
 
+}  // namespace NORM_EXT_GPU_NAMESPACE
 }  // namespace norm_ext

@@ -1,0 +1,320 @@
+// The memory checker of the checked SIMT build.
+//
+// The kernels' translation units are compiled with AddressSanitizer's instrumentation in callback
+// mode under the prefix __norm_ext_simt_ (see setup.py): every load, store and memcpy of kernel code
+// calls one of the functions below before it happens. For an access by an emulated CUDA thread they
+//   - on shared memory: report out-of-bounds accesses (naming the array), accesses to the arrays of a
+//     block that has exited, reads of bytes never written, and races: two threads touching a byte
+//     between the same two barriers, at least one of them writing;
+//   - on global memory: report what AddressSanitizer knows is out of bounds or freed, and races: a
+//     byte written by one thread of the launch and written or read by another with no barrier
+//     between (a write-write race on an output element, or a read of another thread's output);
+// and otherwise hand the access to AddressSanitizer's own check. A report ends the launch before the
+// access is made. In the plain build this file only provides the no-op hooks of internal.h.
+
+#include "simt/internal.h"
+
+#if defined(NORM_EXT_SIMT_CHECKED)
+
+#include <sanitizer/asan_interface.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <unordered_map>
+
+extern "C" {
+void __asan_loadN(std::uintptr_t addr, std::uintptr_t size);
+void __asan_storeN(std::uintptr_t addr, std::uintptr_t size);
+void* __asan_memcpy(void* dst, const void* src, std::uintptr_t size);
+void* __asan_memmove(void* dst, const void* src, std::uintptr_t size);
+void* __asan_memset(void* dst, int c, std::uintptr_t size);
+}
+
+namespace norm_ext::simt {
+namespace {
+
+// A shared array and the block that owns it, sorted by address for the lookup.
+struct ArrayRef {
+  char* begin;
+  char* end;
+  SharedArray* array;
+  BlockState* owner;
+};
+
+// The last writer of one byte of global memory in this launch: the writer's grid-wide thread index
+// plus one, and the barrier epochs of its block (low 16 bits) and cluster (high 16 bits) then.
+struct GlobalCell {
+  std::uint32_t writer;
+  std::uint32_t epochs;
+};
+constexpr std::uintptr_t kPageBits = 12;
+constexpr std::uintptr_t kPageBytes = std::uintptr_t{1} << kPageBits;
+// How far past a shared array an access is still reported as that array's overrun.
+constexpr std::uintptr_t kNearArray = 64;
+
+struct CheckerState {
+  std::vector<ArrayRef> arrays;  // of the running cluster
+  std::unordered_map<std::uintptr_t, std::unique_ptr<GlobalCell[]>> pages;
+};
+thread_local CheckerState tls_state;
+
+std::string hex(std::uintptr_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+const char* verb(bool write) {
+  return write ? "writes" : "reads";
+}
+
+const ThreadState& cluster_thread(const ClusterState& c, std::uint32_t index) {
+  const auto per_block = static_cast<std::uint32_t>(c.blocks.front()->threads.size());
+  return c.blocks[index / per_block]->threads[index % per_block];
+}
+
+std::string access_text(const ThreadState& t, std::uintptr_t addr, std::size_t size, bool write) {
+  return describe(t) + " " + verb(write) + " " + std::to_string(size) + " bytes at " + hex(addr);
+}
+
+void check_shared(ThreadState& t, const ArrayRef& ref, std::uintptr_t addr, std::size_t size, bool write) {
+  SharedArray& a = *ref.array;
+  const std::size_t offset = addr - reinterpret_cast<std::uintptr_t>(a.data);
+  const std::string what = [&] {
+    return access_text(t, addr, size, write) + " of shared array `" + a.name + "` (offset " + std::to_string(offset) +
+           " of " + std::to_string(a.bytes) + " bytes" +
+           (ref.owner != t.block ? ", in block " + describe(ref.owner->threads.front()).substr(6, 15) + "'s memory"
+                                 : "") +
+           ")";
+  };
+  if (offset + size > a.bytes) fail("out-of-bounds shared-memory access: " + what());
+  if (ref.owner->finished) {
+    fail("access to the shared memory of a block that has exited (a cluster.sync() before exit is missing): " + what());
+  }
+  const BlockState& mine = *t.block;
+  const ClusterState& c = *mine.cluster;
+  const std::uint32_t me = t.cluster_index + 1;
+  const auto rank = static_cast<std::uint16_t>(mine.rank);
+  const auto be = static_cast<std::uint16_t>(mine.epoch);
+  const auto ce = static_cast<std::uint16_t>(c.epoch);
+  const auto ordered = [&](std::uint32_t who, std::uint16_t block, std::uint16_t who_be, std::uint16_t who_ce) {
+    return who == me || who_ce != ce || (block == rank && who_be != be);
+  };
+  for (std::size_t i = offset; i < offset + size; ++i) {
+    ShadowCell& s = a.shadow[i];
+    if (!write && s.writer == 0) fail("read of uninitialized shared memory: " + what());
+    if (s.writer != 0 && !ordered(s.writer, s.writer_block, s.writer_block_epoch, s.writer_cluster_epoch)) {
+      fail("shared-memory race: " + what() + ", which " + describe(cluster_thread(c, s.writer - 1)) +
+           " wrote with no barrier between");
+    }
+    if (write) {
+      const bool readers_ordered =
+          s.reader == 0 ||
+          (s.reader == kManyReaders
+               ? (s.reader_cluster_epoch != ce || (s.reader_block == rank && s.reader_block_epoch != be))
+               : ordered(s.reader, s.reader_block, s.reader_block_epoch, s.reader_cluster_epoch));
+      if (!readers_ordered) {
+        fail("shared-memory race: " + what() + ", which " +
+             (s.reader == kManyReaders ? std::string("other threads") : describe(cluster_thread(c, s.reader - 1))) +
+             " read with no barrier between");
+      }
+      s = ShadowCell{me, 0, be, ce, 0, 0, rank, 0};
+    } else if (s.reader == 0 || (s.reader != kManyReaders &&
+                                 ordered(s.reader, s.reader_block, s.reader_block_epoch, s.reader_cluster_epoch))) {
+      s.reader = me;
+      s.reader_block = rank;
+      s.reader_block_epoch = be;
+      s.reader_cluster_epoch = ce;
+    } else if (s.reader != me) {
+      const bool same_block = s.reader != kManyReaders ? s.reader_block == rank : s.reader_block == rank;
+      s.reader = kManyReaders;
+      s.reader_block = same_block ? rank : kMixedBlocks;
+      s.reader_block_epoch = be;
+      s.reader_cluster_epoch = ce;
+    }
+  }
+}
+
+void check_global(ThreadState& t, std::uintptr_t addr, std::size_t size, bool write) {
+  if (const void* bad = __asan_region_is_poisoned(reinterpret_cast<void*>(addr), size)) {
+    char name[128] = "";
+    void* region = nullptr;
+    std::size_t region_size = 0;
+    const char* kind = __asan_locate_address(const_cast<void*>(bad), name, sizeof(name), &region, &region_size);
+    std::string detail = std::string(kind != nullptr ? kind : "unknown") + " memory";
+    if (region != nullptr) {
+      const auto begin = reinterpret_cast<std::uintptr_t>(region);
+      const auto b = reinterpret_cast<std::uintptr_t>(bad);
+      detail += b >= begin + region_size ? ", " + std::to_string(b - begin - region_size) + " bytes after the " +
+                                               std::to_string(region_size) + "-byte region at " + hex(begin)
+                : b < begin
+                    ? ", " + std::to_string(begin - b) + " bytes before the " + std::to_string(region_size) +
+                          "-byte region at " + hex(begin)
+                    : " (freed or poisoned) in the " + std::to_string(region_size) + "-byte region at " + hex(begin);
+    }
+    fail("out-of-bounds global-memory access: " + access_text(t, addr, size, write) + ": " + detail);
+  }
+  const Launch& l = *tls_launch;
+  const BlockState& b = *t.block;
+  const std::uint64_t gid = b.linear * l.threads_per_block + t.linear;
+  const std::uint32_t me = static_cast<std::uint32_t>(gid) + 1;
+  const std::uint32_t epochs =
+      (static_cast<std::uint32_t>(b.cluster->epoch) << 16) | (static_cast<std::uint32_t>(b.epoch) & 0xffffu);
+  for (std::uintptr_t a = addr; a < addr + size;) {
+    const std::uintptr_t page = a >> kPageBits;
+    auto& cells = tls_state.pages[page];
+    if (!cells) {
+      if (!write) {
+        a = (page + 1) << kPageBits;
+        continue;
+      }
+      cells = std::make_unique<GlobalCell[]>(kPageBytes);
+    }
+    const std::uintptr_t end = std::min(addr + size, (page + 1) << kPageBits);
+    for (; a < end; ++a) {
+      GlobalCell& cell = cells[a & (kPageBytes - 1)];
+      if (cell.writer != 0 && cell.writer != me) {
+        const std::uint64_t other = cell.writer - 1;
+        const std::uint64_t other_block = other / l.threads_per_block;
+        const std::uint64_t block_x = b.linear % l.grid.x;
+        const std::uint64_t other_x = other_block % l.grid.x;
+        const bool same_block = other_block == b.linear;
+        const bool same_cluster = b.linear - block_x % l.shape.cluster == other_block - other_x % l.shape.cluster;
+        const bool ordered = (same_block && (cell.epochs & 0xffffu) != (epochs & 0xffffu)) ||
+                             (same_cluster && (cell.epochs >> 16) != (epochs >> 16));
+        if (!ordered) {
+          const std::uint64_t ox = other_x;
+          const std::uint64_t oyz = other_block / l.grid.x;
+          const std::uint64_t t_lin = other % l.threads_per_block;
+          fail(std::string("global-memory race: ") + access_text(t, addr, size, write) + ", which thread " +
+               std::to_string(t_lin) + " (linear) of block (" + std::to_string(ox) + ", " +
+               std::to_string(oyz % l.grid.y) + ", " + std::to_string(oyz / l.grid.y) +
+               ") wrote in this launch with no barrier between" +
+               (write ? " (two threads write the same element)" : ""));
+        }
+      }
+      if (write) cell = {me, epochs};
+    }
+  }
+}
+
+void asan_check(std::uintptr_t addr, std::size_t size, bool write) {
+  if (write) {
+    __asan_storeN(addr, size);
+  } else {
+    __asan_loadN(addr, size);
+  }
+}
+
+}  // namespace
+
+void checked_access(std::uintptr_t addr, std::size_t size, bool write) {
+  ThreadState* t = tls_thread;
+  if (t == nullptr || t->in_runtime || size == 0) {
+    asan_check(addr, size, write);
+    return;
+  }
+  const auto stack = reinterpret_cast<std::uintptr_t>(t->ctx.stack_bottom);
+  if (addr >= stack && addr < stack + t->ctx.stack_size) {
+    asan_check(addr, size, write);
+    return;
+  }
+  t->in_runtime = true;  // the checker's own instrumented library code must not come back here
+  const std::vector<ArrayRef>& arrays = tls_state.arrays;
+  const auto it = std::upper_bound(arrays.begin(), arrays.end(), addr, [](std::uintptr_t a, const ArrayRef& r) {
+    return a < reinterpret_cast<std::uintptr_t>(r.begin);
+  });
+  const ArrayRef* near = nullptr;
+  if (it != arrays.begin()) {
+    const ArrayRef& r = *(it - 1);
+    if (addr < reinterpret_cast<std::uintptr_t>(r.end) + kNearArray) near = &r;
+  }
+  if (near == nullptr && it != arrays.end() && addr + size + kNearArray > reinterpret_cast<std::uintptr_t>(it->begin)) {
+    near = &*it;
+  }
+  if (near != nullptr) {
+    check_shared(*t, *near, addr, size, write);
+  } else {
+    check_global(*t, addr, size, write);
+  }
+  t->in_runtime = false;
+}
+
+void checker_launch_begin(Launch&) {
+  tls_state.pages.clear();
+  tls_state.arrays.clear();
+}
+
+void checker_launch_end() {
+  tls_state.pages.clear();
+  tls_state.arrays.clear();
+}
+
+void checker_cluster_begin(ClusterState& cluster) {
+  auto& arrays = tls_state.arrays;
+  arrays.clear();
+  for (auto& b : cluster.blocks) {
+    arrays.push_back({b->dynamic.data, b->dynamic.data + b->dynamic.bytes, &b->dynamic, b.get()});
+    for (SharedArray& a : b->arrays) arrays.push_back({a.data, a.data + a.bytes, &a, b.get()});
+  }
+  std::sort(arrays.begin(), arrays.end(), [](const ArrayRef& a, const ArrayRef& b) { return a.begin < b.begin; });
+}
+
+void checker_array_allocated(SharedArray& array, BlockState& owner) {
+  array.shadow = std::make_unique<ShadowCell[]>(array.bytes);
+  const Launch* l = tls_launch;
+  if (l == nullptr || l->cluster != owner.cluster) return;  // registered when its cluster starts
+  auto& arrays = tls_state.arrays;
+  const ArrayRef ref{array.data, array.data + array.bytes, &array, &owner};
+  arrays.insert(std::upper_bound(arrays.begin(), arrays.end(), ref,
+                                 [](const ArrayRef& a, const ArrayRef& b) { return a.begin < b.begin; }),
+                ref);
+}
+
+}  // namespace norm_ext::simt
+
+// The callbacks AddressSanitizer's instrumentation calls under -asan-memory-access-callback-prefix.
+#define NORM_EXT_SIMT_ACCESS_HOOKS(n)                             \
+  extern "C" void __norm_ext_simt_load##n(std::uintptr_t addr) {  \
+    norm_ext::simt::checked_access(addr, n, false);               \
+  }                                                               \
+  extern "C" void __norm_ext_simt_store##n(std::uintptr_t addr) { \
+    norm_ext::simt::checked_access(addr, n, true);                \
+  }
+NORM_EXT_SIMT_ACCESS_HOOKS(1)
+NORM_EXT_SIMT_ACCESS_HOOKS(2)
+NORM_EXT_SIMT_ACCESS_HOOKS(4)
+NORM_EXT_SIMT_ACCESS_HOOKS(8)
+NORM_EXT_SIMT_ACCESS_HOOKS(16)
+
+extern "C" void __norm_ext_simt_loadN(std::uintptr_t addr, std::uintptr_t size) {
+  norm_ext::simt::checked_access(addr, size, false);
+}
+extern "C" void __norm_ext_simt_storeN(std::uintptr_t addr, std::uintptr_t size) {
+  norm_ext::simt::checked_access(addr, size, true);
+}
+extern "C" void* __norm_ext_simt_memcpy(void* dst, const void* src, std::uintptr_t size) {
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false);
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
+  return __asan_memcpy(dst, src, size);
+}
+extern "C" void* __norm_ext_simt_memmove(void* dst, const void* src, std::uintptr_t size) {
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false);
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
+  return __asan_memmove(dst, src, size);
+}
+extern "C" void* __norm_ext_simt_memset(void* dst, int c, std::uintptr_t size) {
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
+  return __asan_memset(dst, c, size);
+}
+
+#else
+
+namespace norm_ext::simt {
+void checker_launch_begin(Launch&) {}
+void checker_launch_end() {}
+void checker_cluster_begin(ClusterState&) {}
+void checker_array_allocated(SharedArray&, BlockState&) {}
+}  // namespace norm_ext::simt
+
+#endif

@@ -1,0 +1,57 @@
+#pragma once
+// Host side of the SIMT runtime: running a kernel launch on fibers, the schedule that orders the
+// threads, per-kernel attributes, and the launch log.
+//
+// A launch runs its clusters (a block is a cluster of one without the cluster attribute) one after
+// the other on the calling thread. All threads of a cluster are fibers that run concurrently: each
+// runs until it blocks at a barrier or a shuffle, and when a barrier completes the waiting threads
+// are queued again in the schedule's order. Between two barriers the threads therefore run one after
+// the other in an order the schedule picks (forward, reverse, or shuffled from a seed), so a kernel
+// whose result depends on that order gives different results under different schedules.
+//
+// Errors (divergent barriers, shuffles naming absent lanes, misaligned vector accesses, a peer block
+// that exited, deadlocks, and with the checked build races and out-of-bounds accesses) stop the
+// launch and are thrown as c10::Error naming the kernel, block, thread and address.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "plans/device.h"
+
+namespace norm_ext::simt {
+
+enum class Schedule { kForward, kReverse, kRandom };
+
+// The order in which the threads of a cluster, and the clusters of a launch, run. kRandom draws a
+// fresh order at every barrier from a generator seeded by `seed` and the launch's number.
+void set_schedule(Schedule schedule, std::uint64_t seed);
+Schedule schedule();
+std::uint64_t schedule_seed();
+
+// Per-kernel attributes, set as with cudaFuncSetAttribute.
+void set_kernel_attributes(const void* kernel, const plans::KernelAttributes& attrs);
+plans::KernelAttributes kernel_attributes(const void* kernel);
+
+// "plain" or "checked" (compiled with the race, uninitialized-read and AddressSanitizer checks).
+const char* flavour();
+
+struct LaunchRecord {
+  std::string kernel;
+  plans::LaunchShape shape;
+  std::int64_t static_smem;
+  std::int64_t threads_run;  // total threads that executed
+};
+
+// Records every launch while enabled.
+void set_launch_log(bool enabled);
+std::vector<LaunchRecord> take_launch_log();
+
+// Name of a kernel for reports: its demangled symbol where the dynamic linker knows it.
+std::string kernel_name(const void* kernel);
+
+// Runs `body` (the kernel called with its arguments) as the launch `shape` of `kernel`. Validates the
+// shape first (plans::launch_error) and throws on an invalid one without running anything.
+void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body)(const void*), const void* ctx);
+
+}  // namespace norm_ext::simt

@@ -1,0 +1,133 @@
+"""The SIMT backend: norm_ext's CUDA kernels compiled for the host and run on CPU fibers.
+
+Built with ``NORM_EXT_SIMT=1`` (or ``=checked``, see setup.py) as the module ``norm_ext._simt``. Each
+CUDA thread of a launch is a fiber; ``__syncthreads``, warp shuffles, shared memory and thread-block
+clusters behave as on an H100/H200 (sm_90), whose properties and occupancy the launch plans read, so
+the kernels take the paths they would take on that GPU. Inside :func:`serving`, every norm_ext op on
+CPU tensors runs the CUDA kernels this way instead of the CPU kernels.
+
+What this proves: the kernels' semantics (results against float64 references), that their barriers,
+shuffles and cluster exchanges are used correctly, that their outputs do not depend on the order of
+the threads, and, with the checked build, that they are free of shared- and global-memory races and
+out-of-bounds or uninitialized accesses. What it does not: speed, real warp scheduling, or memory-model
+effects beyond what barriers order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Tuple
+
+try:
+    from . import _simt
+except ImportError as error:  # built without NORM_EXT_SIMT, or a checked build without its runtime
+    _simt = None
+    _IMPORT_ERROR: Optional[ImportError] = error
+else:
+    _IMPORT_ERROR = None
+
+__all__ = ["available", "unavailable_reason", "flavour", "serving", "launch_log", "Launch", "SCHEDULES"]
+
+SCHEDULES = ("forward", "reverse", "random")
+
+
+def available() -> bool:
+    """Whether this build of norm_ext has the SIMT backend."""
+    return _simt is not None
+
+
+def unavailable_reason() -> str:
+    """Why :func:`available` is False ("" when it is True)."""
+    if _simt is not None:
+        return ""
+    message = str(_IMPORT_ERROR)
+    if "__asan" in message:
+        return (
+            "the checked SIMT build needs AddressSanitizer's runtime loaded first: run with "
+            "LD_PRELOAD=$(clang++-19 -print-file-name=libclang_rt.asan-x86_64.so) "
+            "ASAN_OPTIONS=detect_leaks=0"
+        )
+    if "No module named" in message:
+        return "norm_ext was built without the SIMT backend (build with NORM_EXT_SIMT=1)"
+    return f"norm_ext._simt failed to load: {message}"
+
+
+def _module():
+    if _simt is None:
+        raise RuntimeError(unavailable_reason())
+    return _simt
+
+
+def flavour() -> str:
+    """``"plain"``, or ``"checked"``: built with the race, uninitialized-read and AddressSanitizer
+    checks."""
+    return _module().flavour()
+
+
+def seed_for(name: str, base: Optional[int] = None) -> int:
+    """A schedule seed derived from ``base`` (default: ``NORM_EXT_SIMT_SEED``, else 0) and a name, so
+    that a test's schedule is reproducible from the base seed alone."""
+    if base is None:
+        base = int(os.environ.get("NORM_EXT_SIMT_SEED", "0"))
+    digest = hashlib.sha256(f"{base}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@contextlib.contextmanager
+def serving(schedule: str = "random", seed: int = 0) -> Iterator[None]:
+    """Run norm_ext's ops on CPU tensors with the CUDA kernels on the SIMT backend.
+
+    ``schedule`` orders the threads between barriers: ``"forward"``, ``"reverse"``, or ``"random"``
+    (a fresh order at every barrier, drawn from ``seed``). Kernel faults the backend detects raise
+    ``RuntimeError`` naming the kernel, block, thread and address.
+    """
+    module = _module()
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    was_enabled = module.enabled()
+    previous = module.schedule()
+    module.set_schedule(schedule, seed)
+    module.enable()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            module.disable()
+        module.set_schedule(*previous)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of the SIMT backend."""
+
+    kernel: str  # demangled, with its template arguments
+    grid: Tuple[int, int, int]
+    block: Tuple[int, int, int]
+    cluster: int
+    dynamic_smem: int
+    static_smem: int
+    threads: int  # threads that ran
+
+    @property
+    def name(self) -> str:
+        """The kernel's name without namespace, template arguments or parameters."""
+        head = self.kernel.split("(")[0]
+        if head.startswith("void "):
+            head = head[len("void ") :]
+        return head.split("<")[0].split("::")[-1]
+
+
+@contextlib.contextmanager
+def launch_log() -> Iterator[List[Launch]]:
+    """Collect the launches made inside the block into the yielded list (filled on exit)."""
+    module = _module()
+    launches: List[Launch] = []
+    module.set_launch_log(True)
+    try:
+        yield launches
+    finally:
+        launches.extend(Launch(*record) for record in module.take_launch_log())
+        module.set_launch_log(False)
