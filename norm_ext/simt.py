@@ -29,7 +29,18 @@ except ImportError as error:  # built without NORM_EXT_SIMT, or a checked build 
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["available", "unavailable_reason", "flavour", "serving", "launch_log", "Launch", "SCHEDULES"]
+__all__ = [
+    "available",
+    "unavailable_reason",
+    "flavour",
+    "schedule",
+    "serving",
+    "launch_log",
+    "Launch",
+    "SCHEDULES",
+    "selftest",
+    "selftest_names",
+]
 
 SCHEDULES = ("forward", "reverse", "random")
 
@@ -77,26 +88,45 @@ def seed_for(name: str, base: Optional[int] = None) -> int:
 
 
 @contextlib.contextmanager
-def serving(schedule: str = "random", seed: int = 0) -> Iterator[None]:
-    """Run norm_ext's ops on CPU tensors with the CUDA kernels on the SIMT backend.
-
-    ``schedule`` orders the threads between barriers: ``"forward"``, ``"reverse"``, or ``"random"``
-    (a fresh order at every barrier, drawn from ``seed``). Kernel faults the backend detects raise
-    ``RuntimeError`` naming the kernel, block, thread and address.
-    """
+def schedule(name: str = "random", seed: int = 0) -> Iterator[None]:
+    """Order the threads of the launches inside the block: ``"forward"`` or ``"reverse"`` (by thread
+    index, blocks and clusters likewise), or ``"random"`` (a fresh order at every barrier, drawn from
+    ``seed``)."""
     module = _module()
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    was_enabled = module.enabled()
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
     previous = module.schedule()
-    module.set_schedule(schedule, seed)
-    module.enable()
+    module.set_schedule(name, seed)
     try:
         yield
     finally:
-        if not was_enabled:
-            module.disable()
         module.set_schedule(*previous)
+
+
+@contextlib.contextmanager
+def serving(schedule_name: str = "random", seed: int = 0) -> Iterator[None]:
+    """Run norm_ext's ops on CPU tensors with the CUDA kernels on the SIMT backend, threads ordered as
+    :func:`schedule` says. Kernel faults the backend detects raise ``RuntimeError`` naming the kernel,
+    block, thread and address."""
+    module = _module()
+    was_enabled = module.enabled()
+    with schedule(schedule_name, seed):
+        module.enable()
+        try:
+            yield
+        finally:
+            if not was_enabled:
+                module.disable()
+
+
+def selftest_names() -> List[str]:
+    """The checkers' self-test kernels (csrc/simt/selftest.cpp): planted bugs and their fixed twins."""
+    return list(_module().selftest_names())
+
+
+def selftest(name: str) -> None:
+    """Run one self-test kernel; raises ``RuntimeError`` with what the checkers report."""
+    _module().run_selftest(name)
 
 
 @dataclass(frozen=True)

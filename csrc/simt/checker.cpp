@@ -12,6 +12,8 @@
 // and otherwise hand the access to AddressSanitizer's own check. A report ends the launch before the
 // access is made. In the plain build this file only provides the no-op hooks of internal.h.
 
+#include "simt/no_checks_begin.h"
+
 #include "simt/internal.h"
 
 #if defined(NORM_EXT_SIMT_CHECKED)
@@ -55,8 +57,40 @@ constexpr std::uintptr_t kNearArray = 64;
 struct CheckerState {
   std::vector<ArrayRef> arrays;  // of the running cluster
   std::unordered_map<std::uintptr_t, std::unique_ptr<GlobalCell[]>> pages;
+  // The page of the last global access, and its cells (null: no byte of it written).
+  std::uintptr_t last_page = ~std::uintptr_t{0};
+  GlobalCell* last_cells = nullptr;
 };
-thread_local CheckerState tls_state;
+// A pointer, so that reading it needs no thread-local initialization guard.
+NORM_EXT_SIMT_TLS CheckerState* tls_state = nullptr;
+
+CheckerState& state() {
+  if (tls_state == nullptr) tls_state = new CheckerState();
+  return *tls_state;
+}
+
+// AddressSanitizer's shadow mapping: one shadow byte per 8 bytes, 0 when all 8 are addressable,
+// k in 1..7 when the first k are. Plain zero-initialized globals, read lazily: the checker runs from
+// the library's first static constructor on, before any dynamic initialization of this file.
+std::size_t g_shadow_scale = 0;
+std::size_t g_shadow_offset = 0;
+bool g_shadow_known = false;
+
+// Whether AddressSanitizer marks any byte of [addr, addr + size) as unaddressable: the shadow bytes
+// read directly, and its own (slower) query only where one is not 0.
+NORM_EXT_SIMT_UNCHECKED bool poisoned(std::uintptr_t addr, std::size_t size) {
+  if (size == 0) return false;
+  if (!g_shadow_known) {
+    __asan_get_shadow_mapping(&g_shadow_scale, &g_shadow_offset);
+    g_shadow_known = true;
+  }
+  const auto* shadow = reinterpret_cast<const std::int8_t*>((addr >> g_shadow_scale) + g_shadow_offset);
+  const auto* last = reinterpret_cast<const std::int8_t*>(((addr + size - 1) >> g_shadow_scale) + g_shadow_offset);
+  for (; shadow <= last; ++shadow) {
+    if (*shadow != 0) return __asan_region_is_poisoned(reinterpret_cast<void*>(addr), size) != nullptr;
+  }
+  return false;
+}
 
 std::string hex(std::uintptr_t v) {
   char buf[32];
@@ -79,15 +113,15 @@ std::string access_text(const ThreadState& t, std::uintptr_t addr, std::size_t s
 
 void check_shared(ThreadState& t, const ArrayRef& ref, std::uintptr_t addr, std::size_t size, bool write) {
   SharedArray& a = *ref.array;
-  const std::size_t offset = addr - reinterpret_cast<std::uintptr_t>(a.data);
-  const std::string what = [&] {
+  const auto offset = static_cast<std::int64_t>(addr - reinterpret_cast<std::uintptr_t>(a.data));
+  const auto what = [&] {
     return access_text(t, addr, size, write) + " of shared array `" + a.name + "` (offset " + std::to_string(offset) +
            " of " + std::to_string(a.bytes) + " bytes" +
-           (ref.owner != t.block ? ", in block " + describe(ref.owner->threads.front()).substr(6, 15) + "'s memory"
-                                 : "") +
-           ")";
+           (ref.owner != t.block ? ", of block " + describe(*ref.owner) : std::string()) + ")";
   };
-  if (offset + size > a.bytes) fail("out-of-bounds shared-memory access: " + what());
+  if (offset < 0 || offset + static_cast<std::int64_t>(size) > static_cast<std::int64_t>(a.bytes)) {
+    fail("out-of-bounds shared-memory access: " + what());
+  }
   if (ref.owner->finished) {
     fail("access to the shared memory of a block that has exited (a cluster.sync() before exit is missing): " + what());
   }
@@ -100,7 +134,7 @@ void check_shared(ThreadState& t, const ArrayRef& ref, std::uintptr_t addr, std:
   const auto ordered = [&](std::uint32_t who, std::uint16_t block, std::uint16_t who_be, std::uint16_t who_ce) {
     return who == me || who_ce != ce || (block == rank && who_be != be);
   };
-  for (std::size_t i = offset; i < offset + size; ++i) {
+  for (std::size_t i = static_cast<std::size_t>(offset); i < static_cast<std::size_t>(offset) + size; ++i) {
     ShadowCell& s = a.shadow[i];
     if (!write && s.writer == 0) fail("read of uninitialized shared memory: " + what());
     if (s.writer != 0 && !ordered(s.writer, s.writer_block, s.writer_block_epoch, s.writer_cluster_epoch)) {
@@ -135,8 +169,50 @@ void check_shared(ThreadState& t, const ArrayRef& ref, std::uintptr_t addr, std:
   }
 }
 
+// The cells of a page of global memory (null when nothing was written to it and `create` is false).
+GlobalCell* page_cells(std::uintptr_t page, bool create) {
+  CheckerState& st = state();
+  if (page == st.last_page && (st.last_cells != nullptr || !create)) return st.last_cells;
+  const auto it = st.pages.find(page);
+  GlobalCell* cells = it != st.pages.end() ? it->second.get() : nullptr;
+  if (cells == nullptr && create) {
+    auto& slot = st.pages[page];
+    slot = std::make_unique<GlobalCell[]>(kPageBytes);
+    cells = slot.get();
+  }
+  st.last_page = page;
+  st.last_cells = cells;
+  return cells;
+}
+
+// A byte another thread of the launch wrote: fine if a barrier both threads passed lies between.
+void check_global_order(const ThreadState& t, const GlobalCell& cell, std::uint32_t epochs, std::uintptr_t addr,
+                        std::size_t size, bool write) {
+  const Launch& l = *tls_launch;
+  const BlockState& b = *t.block;
+  const std::uint64_t other = cell.writer - 1;
+  const std::uint64_t other_block = other / l.threads_per_block;
+  const std::uint64_t block_x = b.linear % l.grid.x;
+  const std::uint64_t other_x = other_block % l.grid.x;
+  const bool same_block = other_block == b.linear;
+  const bool same_cluster = b.linear - block_x % l.shape.cluster == other_block - other_x % l.shape.cluster;
+  const bool ordered = (same_block && (cell.epochs & 0xffffu) != (epochs & 0xffffu)) ||
+                       (same_cluster && (cell.epochs >> 16) != (epochs >> 16));
+  if (ordered) return;
+  const std::uint64_t other_yz = other_block / l.grid.x;
+  const std::uint64_t other_t = other % l.threads_per_block;
+  const auto triple = [](std::uint64_t x, std::uint64_t y, std::uint64_t z) {
+    return "(" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z) + ")";
+  };
+  fail("global-memory race: " + access_text(t, addr, size, write) + ", which block " +
+       triple(other_x, other_yz % l.grid.y, other_yz / l.grid.y) + " thread " +
+       triple(other_t % l.block.x, other_t / l.block.x % l.block.y, other_t / (l.block.x * l.block.y)) +
+       " wrote in this launch with no barrier between" + (write ? " (two threads write the same element)" : ""));
+}
+
 void check_global(ThreadState& t, std::uintptr_t addr, std::size_t size, bool write) {
-  if (const void* bad = __asan_region_is_poisoned(reinterpret_cast<void*>(addr), size)) {
+  if (poisoned(addr, size)) {
+    const void* bad = __asan_region_is_poisoned(reinterpret_cast<void*>(addr), size);
     char name[128] = "";
     void* region = nullptr;
     std::size_t region_size = 0;
@@ -162,43 +238,26 @@ void check_global(ThreadState& t, std::uintptr_t addr, std::size_t size, bool wr
       (static_cast<std::uint32_t>(b.cluster->epoch) << 16) | (static_cast<std::uint32_t>(b.epoch) & 0xffffu);
   for (std::uintptr_t a = addr; a < addr + size;) {
     const std::uintptr_t page = a >> kPageBits;
-    auto& cells = tls_state.pages[page];
-    if (!cells) {
-      if (!write) {
-        a = (page + 1) << kPageBits;
-        continue;
-      }
-      cells = std::make_unique<GlobalCell[]>(kPageBytes);
-    }
     const std::uintptr_t end = std::min(addr + size, (page + 1) << kPageBits);
+    GlobalCell* cells = page_cells(page, write);
+    if (cells == nullptr) {  // a read of a page nothing was written to in this launch
+      a = end;
+      continue;
+    }
     for (; a < end; ++a) {
       GlobalCell& cell = cells[a & (kPageBytes - 1)];
-      if (cell.writer != 0 && cell.writer != me) {
-        const std::uint64_t other = cell.writer - 1;
-        const std::uint64_t other_block = other / l.threads_per_block;
-        const std::uint64_t block_x = b.linear % l.grid.x;
-        const std::uint64_t other_x = other_block % l.grid.x;
-        const bool same_block = other_block == b.linear;
-        const bool same_cluster = b.linear - block_x % l.shape.cluster == other_block - other_x % l.shape.cluster;
-        const bool ordered = (same_block && (cell.epochs & 0xffffu) != (epochs & 0xffffu)) ||
-                             (same_cluster && (cell.epochs >> 16) != (epochs >> 16));
-        if (!ordered) {
-          const std::uint64_t ox = other_x;
-          const std::uint64_t oyz = other_block / l.grid.x;
-          const std::uint64_t t_lin = other % l.threads_per_block;
-          fail(std::string("global-memory race: ") + access_text(t, addr, size, write) + ", which thread " +
-               std::to_string(t_lin) + " (linear) of block (" + std::to_string(ox) + ", " +
-               std::to_string(oyz % l.grid.y) + ", " + std::to_string(oyz / l.grid.y) +
-               ") wrote in this launch with no barrier between" +
-               (write ? " (two threads write the same element)" : ""));
-        }
-      }
+      if (cell.writer != 0 && cell.writer != me) check_global_order(t, cell, epochs, addr, size, write);
       if (write) cell = {me, epochs};
     }
   }
 }
 
-void asan_check(std::uintptr_t addr, std::size_t size, bool write) {
+// The entry points below are not instrumented themselves (they would call back into the checker);
+// what they call is, and runs with tls_in_runtime set, which sends those nested calls straight to
+// AddressSanitizer.
+NORM_EXT_SIMT_UNCHECKED void asan_check(std::uintptr_t addr, std::size_t size, bool write) {
+  if (!poisoned(addr, size)) return;
+  // Reports and aborts, as AddressSanitizer's own check would.
   if (write) {
     __asan_storeN(addr, size);
   } else {
@@ -208,9 +267,9 @@ void asan_check(std::uintptr_t addr, std::size_t size, bool write) {
 
 }  // namespace
 
-void checked_access(std::uintptr_t addr, std::size_t size, bool write) {
+NORM_EXT_SIMT_UNCHECKED void checked_access(std::uintptr_t addr, std::size_t size, bool write) {
   ThreadState* t = tls_thread;
-  if (t == nullptr || t->in_runtime || size == 0) {
+  if (t == nullptr || tls_in_runtime || size == 0) {
     asan_check(addr, size, write);
     return;
   }
@@ -219,8 +278,10 @@ void checked_access(std::uintptr_t addr, std::size_t size, bool write) {
     asan_check(addr, size, write);
     return;
   }
-  t->in_runtime = true;  // the checker's own instrumented library code must not come back here
-  const std::vector<ArrayRef>& arrays = tls_state.arrays;
+  // The checker's own instrumented code below must not come back here (set directly: a RuntimeScope's
+  // out-of-line constructor would itself be instrumented).
+  tls_in_runtime = true;
+  const std::vector<ArrayRef>& arrays = state().arrays;
   const auto it = std::upper_bound(arrays.begin(), arrays.end(), addr, [](std::uintptr_t a, const ArrayRef& r) {
     return a < reinterpret_cast<std::uintptr_t>(r.begin);
   });
@@ -237,21 +298,23 @@ void checked_access(std::uintptr_t addr, std::size_t size, bool write) {
   } else {
     check_global(*t, addr, size, write);
   }
-  t->in_runtime = false;
+  tls_in_runtime = false;
 }
 
 void checker_launch_begin(Launch&) {
-  tls_state.pages.clear();
-  tls_state.arrays.clear();
+  checker_launch_end();
 }
 
 void checker_launch_end() {
-  tls_state.pages.clear();
-  tls_state.arrays.clear();
+  CheckerState& st = state();
+  st.pages.clear();
+  st.arrays.clear();
+  st.last_page = ~std::uintptr_t{0};
+  st.last_cells = nullptr;
 }
 
 void checker_cluster_begin(ClusterState& cluster) {
-  auto& arrays = tls_state.arrays;
+  auto& arrays = state().arrays;
   arrays.clear();
   for (auto& b : cluster.blocks) {
     arrays.push_back({b->dynamic.data, b->dynamic.data + b->dynamic.bytes, &b->dynamic, b.get()});
@@ -264,7 +327,7 @@ void checker_array_allocated(SharedArray& array, BlockState& owner) {
   array.shadow = std::make_unique<ShadowCell[]>(array.bytes);
   const Launch* l = tls_launch;
   if (l == nullptr || l->cluster != owner.cluster) return;  // registered when its cluster starts
-  auto& arrays = tls_state.arrays;
+  auto& arrays = state().arrays;
   const ArrayRef ref{array.data, array.data + array.bytes, &array, &owner};
   arrays.insert(std::upper_bound(arrays.begin(), arrays.end(), ref,
                                  [](const ArrayRef& a, const ArrayRef& b) { return a.begin < b.begin; }),
@@ -287,23 +350,23 @@ NORM_EXT_SIMT_ACCESS_HOOKS(4)
 NORM_EXT_SIMT_ACCESS_HOOKS(8)
 NORM_EXT_SIMT_ACCESS_HOOKS(16)
 
-extern "C" void __norm_ext_simt_loadN(std::uintptr_t addr, std::uintptr_t size) {
+extern "C" NORM_EXT_SIMT_UNCHECKED void __norm_ext_simt_loadN(std::uintptr_t addr, std::uintptr_t size) {
   norm_ext::simt::checked_access(addr, size, false);
 }
-extern "C" void __norm_ext_simt_storeN(std::uintptr_t addr, std::uintptr_t size) {
+extern "C" NORM_EXT_SIMT_UNCHECKED void __norm_ext_simt_storeN(std::uintptr_t addr, std::uintptr_t size) {
   norm_ext::simt::checked_access(addr, size, true);
 }
-extern "C" void* __norm_ext_simt_memcpy(void* dst, const void* src, std::uintptr_t size) {
+extern "C" NORM_EXT_SIMT_UNCHECKED void* __norm_ext_simt_memcpy(void* dst, const void* src, std::uintptr_t size) {
   norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false);
   norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
   return __asan_memcpy(dst, src, size);
 }
-extern "C" void* __norm_ext_simt_memmove(void* dst, const void* src, std::uintptr_t size) {
+extern "C" NORM_EXT_SIMT_UNCHECKED void* __norm_ext_simt_memmove(void* dst, const void* src, std::uintptr_t size) {
   norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false);
   norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
   return __asan_memmove(dst, src, size);
 }
-extern "C" void* __norm_ext_simt_memset(void* dst, int c, std::uintptr_t size) {
+extern "C" NORM_EXT_SIMT_UNCHECKED void* __norm_ext_simt_memset(void* dst, int c, std::uintptr_t size) {
   norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
   return __asan_memset(dst, c, size);
 }
@@ -318,3 +381,5 @@ void checker_array_allocated(SharedArray&, BlockState&) {}
 }  // namespace norm_ext::simt
 
 #endif
+
+#include "simt/no_checks_end.h"

@@ -1,3 +1,5 @@
+#include "simt/no_checks_begin.h"
+
 #include "simt/fiber.h"
 
 #include <sys/mman.h>
@@ -66,9 +68,12 @@ namespace norm_ext::simt {
 
 namespace {
 
+// Initial-exec, as the runtime's others (see internal.h): read at every switch.
+#define NORM_EXT_SIMT_FIBER_TLS thread_local __attribute__((tls_model("initial-exec")))
+
 #ifdef NORM_EXT_SIMT_ASAN
 // The context that switched to the running one: where AddressSanitizer reports the stack we came from.
-thread_local FiberContext* tls_switched_from = nullptr;
+NORM_EXT_SIMT_FIBER_TLS FiberContext* tls_switched_from = nullptr;
 #endif
 
 #if !defined(__x86_64__)
@@ -98,9 +103,9 @@ void fiber_prepare(FiberContext& ctx, FiberStack& stack, void (*entry)(void*), v
   ctx.stack_bottom = stack.bottom();
   ctx.stack_size = stack.size();
 #ifdef NORM_EXT_SIMT_ASAN
-  // A fiber abandoned after a reported error leaves its frames' red zones poisoned.
-  __asan_unpoison_memory_region(stack.bottom(), stack.size());
+  if (stack.abandoned) __asan_unpoison_memory_region(stack.bottom(), stack.size());
 #endif
+  stack.abandoned = false;
 #if defined(__x86_64__)
   // 64 bytes of headroom, and a 16-byte aligned stack pointer after the trampoline's return.
   auto top =
@@ -157,6 +162,10 @@ void fiber_started() {
 #endif
 }
 
+void StackPool::abandon(std::size_t count) {
+  for (std::size_t i = 0; i < count && i < stacks_.size(); ++i) stacks_[i]->abandoned = true;
+}
+
 FiberStack& StackPool::get(std::size_t i) {
   // 256 colors a cache line apart spread the stack tops over 16 KB of cache sets.
   while (stacks_.size() <= i) stacks_.push_back(std::make_unique<FiberStack>(stack_size_, (stacks_.size() % 256) * 64));
@@ -164,3 +173,5 @@ FiberStack& StackPool::get(std::size_t i) {
 }
 
 }  // namespace norm_ext::simt
+
+#include "simt/no_checks_end.h"

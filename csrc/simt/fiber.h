@@ -28,6 +28,9 @@ class FiberStack {
   char* bottom() const { return base_ + guard_; }
   std::size_t size() const { return size_; }
   std::size_t color() const { return color_; }
+  // A fiber that never finished (its launch stopped at an error) left AddressSanitizer's red zones of
+  // its frames poisoned on this stack; the next fiber prepared on it clears them.
+  bool abandoned = false;
 
  private:
   char* base_;
@@ -63,6 +66,8 @@ class StackPool {
  public:
   explicit StackPool(std::size_t stack_size) : stack_size_(stack_size) {}
   FiberStack& get(std::size_t i);
+  // Marks the first `count` stacks as abandoned.
+  void abandon(std::size_t count);
 
  private:
   std::size_t stack_size_;

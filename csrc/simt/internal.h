@@ -67,8 +67,6 @@ struct ThreadState {
   int width = 32;
   std::uint64_t value = 0;
   std::uint64_t result = 0;
-  // Set while the runtime runs on this thread's fiber, so the checker leaves its accesses alone.
-  bool in_runtime = false;
 };
 
 // Lanes of one warp waiting at one shuffle; several groups with disjoint masks may be pending.
@@ -91,7 +89,7 @@ struct BlockState {
   ClusterState* cluster = nullptr;
   std::vector<ThreadState> threads;
   std::vector<WarpState> warps;
-  std::vector<SharedArray> arrays;  // static shared memory, in order of first use
+  std::deque<SharedArray> arrays;  // static shared memory, in order of first use (stable addresses)
   SharedArray dynamic;
   std::int64_t static_bytes = 0;
   unsigned barrier_arrived = 0;
@@ -132,15 +130,49 @@ struct Launch {
   std::int64_t max_static_smem = 0;
 };
 
-extern thread_local Launch* tls_launch;
-extern thread_local ThreadState* tls_thread;
+// The runtime's thread-locals use the initial-exec model: they are read on every memory access of a
+// kernel in the checked build, and the general-dynamic model of a dlopen'ed library would make each
+// read a call (__tls_get_addr, which AddressSanitizer intercepts besides). They are few and small,
+// which the static TLS glibc reserves for dlopen'ed libraries holds.
+#define NORM_EXT_SIMT_TLS thread_local __attribute__((tls_model("initial-exec")))
+
+extern NORM_EXT_SIMT_TLS Launch* tls_launch;
+extern NORM_EXT_SIMT_TLS ThreadState* tls_thread;
+// False only while kernel code runs: the checker leaves every other access to AddressSanitizer. A
+// property of the OS thread, not of a fiber: fibers switch inside the runtime and resume inside it.
+extern NORM_EXT_SIMT_TLS bool tls_in_runtime;
+
+// In the checked build, a function the checker's instrumentation leaves alone. Changes of
+// tls_in_runtime go through such functions: an instrumented store to it would reach the checker
+// while it still says "kernel", as a kernel thread's write. (LLVM does not inline a function
+// without the sanitizer into one with it.)
+#if defined(NORM_EXT_SIMT_CHECKED)
+#define NORM_EXT_SIMT_UNCHECKED __attribute__((no_sanitize("address"), noinline))
+#else
+#define NORM_EXT_SIMT_UNCHECKED
+#endif
+NORM_EXT_SIMT_UNCHECKED bool in_runtime();
+NORM_EXT_SIMT_UNCHECKED void set_in_runtime(bool value);
+
+// Marks the running code as the runtime's for a scope (an API call from a kernel).
+class RuntimeScope {
+ public:
+  RuntimeScope() : outer_(in_runtime()) { set_in_runtime(true); }
+  ~RuntimeScope() { set_in_runtime(outer_); }
+  RuntimeScope(const RuntimeScope&) = delete;
+  RuntimeScope& operator=(const RuntimeScope&) = delete;
+
+ private:
+  bool outer_;
+};
 
 // Ends the launch with `what` about the running thread: records the report and leaves the fiber for
 // good. Outside a fiber it throws.
 [[noreturn]] void fail(const std::string& what);
 
-// "block (x, y, z) thread (x, y, z)" of a thread.
+// "block (x, y, z) thread (x, y, z)" of a thread, "(x, y, z)" of a block.
 std::string describe(const ThreadState& t);
+std::string describe(const BlockState& b);
 std::string where(const std::source_location& site);
 
 // Hooks of the checked build (checker.cpp); no-ops in the plain build.

@@ -4,10 +4,14 @@
 // backend's, and dropping it restores them. Everything else here is a non-op helper: the schedule,
 // the launch log and the checkers' self-tests.
 
+#include "simt/no_checks_begin.h"
+
 #include <Python.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +22,11 @@
 namespace norm_ext::simt {
 std::vector<std::string> selftest_names();
 void run_selftest(const std::string& name);
+std::vector<long long> probe_shuffle(int mode, unsigned mask, int arg, int width);
+std::vector<long long> probe_indices(const std::array<int64_t, 3>& grid, const std::array<int64_t, 3>& block);
+std::vector<long long> probe_cluster(int64_t blocks, int64_t cluster);
+std::vector<long long> probe_schedule(int64_t threads);
+void probe_barriers(int64_t threads, int count);
 }  // namespace norm_ext::simt
 
 namespace {
@@ -137,6 +146,49 @@ PyObject* run_selftest(PyObject*, PyObject* args) {
   });
 }
 
+PyObject* to_list(const std::vector<long long>& values) {
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(values.size()));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), PyLong_FromLongLong(values[i]));
+  }
+  return list;
+}
+
+PyObject* probe_shuffle(PyObject*, PyObject* args) {
+  int mode = 0, arg = 0, width = 32;
+  unsigned int mask = 0;
+  if (!PyArg_ParseTuple(args, "iIii", &mode, &mask, &arg, &width)) return nullptr;
+  return guarded([&] { return to_list(simt::probe_shuffle(mode, mask, arg, width)); });
+}
+
+PyObject* probe_indices(PyObject*, PyObject* args) {
+  long long g[3], b[3];
+  if (!PyArg_ParseTuple(args, "(LLL)(LLL)", &g[0], &g[1], &g[2], &b[0], &b[1], &b[2])) return nullptr;
+  return guarded([&] { return to_list(simt::probe_indices({g[0], g[1], g[2]}, {b[0], b[1], b[2]})); });
+}
+
+PyObject* probe_cluster(PyObject*, PyObject* args) {
+  long long blocks = 0, cluster = 0;
+  if (!PyArg_ParseTuple(args, "LL", &blocks, &cluster)) return nullptr;
+  return guarded([&] { return to_list(simt::probe_cluster(blocks, cluster)); });
+}
+
+PyObject* probe_schedule(PyObject*, PyObject* args) {
+  long long threads = 0;
+  if (!PyArg_ParseTuple(args, "L", &threads)) return nullptr;
+  return guarded([&] { return to_list(simt::probe_schedule(threads)); });
+}
+
+PyObject* probe_barriers(PyObject*, PyObject* args) {
+  long long threads = 0;
+  int count = 0;
+  if (!PyArg_ParseTuple(args, "Li", &threads, &count)) return nullptr;
+  return guarded([&] {
+    simt::probe_barriers(threads, count);
+    Py_RETURN_NONE;
+  });
+}
+
 PyMethodDef methods[] = {
     {"enable", enable, METH_NOARGS, "Serve the norm_ext ops on CPU tensors with the SIMT backend."},
     {"disable", disable, METH_NOARGS, "Restore the CPU kernels."},
@@ -148,6 +200,11 @@ PyMethodDef methods[] = {
     {"take_launch_log", take_launch_log, METH_NOARGS, "The launches recorded since the last call."},
     {"selftest_names", selftest_names, METH_NOARGS, "Names of the checkers' self-test kernels."},
     {"run_selftest", run_selftest, METH_VARARGS, "Run one self-test kernel; raises what the checkers report."},
+    {"probe_shuffle", probe_shuffle, METH_VARARGS, "probe_shuffle(mode, mask, arg, width): 32 lanes' results."},
+    {"probe_indices", probe_indices, METH_VARARGS, "probe_indices(grid, block): each thread's 6 indices."},
+    {"probe_cluster", probe_cluster, METH_VARARGS, "probe_cluster(blocks, cluster): each block's view of its peers."},
+    {"probe_schedule", probe_schedule, METH_VARARGS, "probe_schedule(threads): the last writer, as each saw it."},
+    {"probe_barriers", probe_barriers, METH_VARARGS, "probe_barriers(threads, count): count block barriers."},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -157,3 +214,5 @@ extern "C" PyMODINIT_FUNC PyInit__simt(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_simt", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
+
+#include "simt/no_checks_end.h"

@@ -1,6 +1,8 @@
 // The SIMT runtime: runs CUDA kernels compiled for the host on fibers, with CUDA's semantics for
 // threads, barriers, warp shuffles, shared memory and thread-block clusters (see runtime.h).
 
+#include "simt/no_checks_begin.h"
+
 #include "simt/runtime.h"
 
 #include <c10/util/Exception.h>
@@ -27,8 +29,9 @@
 
 namespace norm_ext::simt {
 
-thread_local Launch* tls_launch = nullptr;
-thread_local ThreadState* tls_thread = nullptr;
+NORM_EXT_SIMT_TLS Launch* tls_launch = nullptr;
+NORM_EXT_SIMT_TLS ThreadState* tls_thread = nullptr;
+NORM_EXT_SIMT_TLS bool tls_in_runtime = true;
 
 namespace {
 
@@ -64,16 +67,21 @@ std::vector<LaunchRecord> g_log;
 std::mutex g_name_mutex;
 std::map<const void*, std::string> g_names;
 
-thread_local StackPool tls_stacks(kStackSize);
+// Per host thread (a pointer: read without a thread-local initialization guard).
+NORM_EXT_SIMT_TLS StackPool* tls_stacks = nullptr;
 
-// Marks the running fiber as inside the runtime for the duration of an API call.
+StackPool& stacks() {
+  if (tls_stacks == nullptr) tls_stacks = new StackPool(kStackSize);
+  return *tls_stacks;
+}
+
+// An API call from a kernel: the runtime's code runs, for the thread `t`.
 struct RuntimeEntry {
+  RuntimeScope scope;
   ThreadState* t;
   RuntimeEntry() : t(tls_thread) {
     if (t == nullptr) fail("a CUDA device function was called outside a kernel launch");
-    t->in_runtime = true;
   }
-  ~RuntimeEntry() { t->in_runtime = false; }
 };
 
 Launch& launch() {
@@ -245,7 +253,6 @@ void finish_block(BlockState& b) {
   ++b.exited;
   ++c.exited;
   if (b.exited == b.threads.size()) finish_block(b);
-  t->in_runtime = true;
   switch_away(t, /*finished=*/true);
   __builtin_unreachable();
 }
@@ -255,7 +262,9 @@ void thread_main(void* arg) {
   auto* t = static_cast<ThreadState*>(arg);
   Launch& l = launch();
   try {
+    set_in_runtime(false);
     l.body(l.body_ctx);
+    set_in_runtime(true);
   } catch (const std::exception& e) {
     fail(describe(*t) + ": " + e.what());
   } catch (...) {
@@ -301,7 +310,7 @@ void run_cluster(Launch& l, ClusterState& c) {
   std::size_t stack = 0;
   for (auto& b : c.blocks) {
     for (ThreadState& t : b->threads) {
-      fiber_prepare(t.ctx, tls_stacks.get(stack++), thread_main, &t);
+      fiber_prepare(t.ctx, stacks().get(stack++), thread_main, &t);
       order.push_back(&t);
     }
   }
@@ -313,9 +322,15 @@ void run_cluster(Launch& l, ClusterState& c) {
     tls_thread = t;
     fiber_switch(l.host, t->ctx);
     tls_thread = nullptr;
-    if (l.failed) return;
+    if (l.failed) {
+      stacks().abandon(c.threads);
+      return;
+    }
   }
-  if (c.exited != c.threads) deadlock(c);
+  if (c.exited != c.threads) {
+    stacks().abandon(c.threads);
+    deadlock(c);
+  }
 }
 
 std::unique_ptr<BlockState> make_block(Launch& l, ClusterState& c, uint3 idx, unsigned rank) {
@@ -370,13 +385,25 @@ void free_cluster(ClusterState& c) {
     l->failed = true;
     l->error = report;
   }
-  t->in_runtime = true;
+  set_in_runtime(true);
   fiber_switch(t->ctx, l->host, /*from_finished=*/true);
   __builtin_unreachable();
 }
 
+bool in_runtime() {
+  return tls_in_runtime;
+}
+
+void set_in_runtime(bool value) {
+  tls_in_runtime = value;
+}
+
 std::string describe(const ThreadState& t) {
   return "block " + xyz(t.block->idx) + " thread " + xyz(t.tid);
+}
+
+std::string describe(const BlockState& b) {
+  return xyz(b.idx);
 }
 
 std::string where(const std::source_location& site) {
@@ -743,3 +770,5 @@ void trap(const std::source_location& site) {
 }
 
 }  // namespace norm_ext::simt
+
+#include "simt/no_checks_end.h"

@@ -1,7 +1,8 @@
-// Kernels with planted bugs, one per checker of the SIMT backend, and their correct twins. The tests
+// Kernels with planted bugs, one per checker of the SIMT backend, and their correct twins: the tests
 // (tests/test_simt_checkers.py) run each and assert that the bug is reported, naming the kernel, the
-// block, the thread and the address, and that the twin runs clean: a checker that stops catching its
-// bug fails them.
+// block, the thread and the address, and that the twin runs clean, so a checker that stops catching
+// its bug fails them. And probes of the runtime's semantics (tests/test_simt_runtime.py): shuffles,
+// thread and block indices, clusters, schedules.
 
 #include <cstdint>
 #include <functional>
@@ -63,7 +64,7 @@ __global__ void branch_barrier(float* out) {
   NORM_EXT_SHARED(float, slots, [kThreads]);
   slots[threadIdx.x] = static_cast<float>(threadIdx.x);
   if (!kDivergent || threadIdx.x < 16) __syncthreads();
-  out[threadIdx.x] = slots[kThreads - 1 - threadIdx.x];
+  out[threadIdx.x] = slots[threadIdx.x];
 }
 
 // Every thread writes the block's total to out[0] (the bug) instead of thread 0 alone.
@@ -107,8 +108,95 @@ __global__ void read_slot(float* out) {
   out[threadIdx.x] = slots[1];
 }
 
+// Half of a warp waits at a shuffle with a full mask while the other half waits at a barrier.
+__global__ void shuffle_against_barrier(float* out) {
+  float v = static_cast<float>(threadIdx.x);
+  if (threadIdx.x < 16) {
+    v = __shfl_xor_sync(0xffffffffu, v, 1);
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = v;
+}
+
+// A device-side assertion that fails.
+__global__ void trapping(float* out) {
+  if (threadIdx.x == 3) __trap();
+  out[threadIdx.x] = 1.0f;
+}
+
 // A kernel with nothing to do, for the launch checks.
 __global__ void idle() {}
+
+// ----- probes ---------------------------------------------------------------------------------------
+
+// Lane l holds 100 + l; the lanes of `mask` shuffle it (mode 0: idx, 1: up, 2: down, 3: xor). arg < 0
+// with idx: each lane reads lane (7 * l + 3) % 32. Lanes outside the mask write -2.
+__global__ void shuffle_probe(int mode, unsigned mask, int arg, int width, long long* out) {
+  const unsigned lane = threadIdx.x;
+  long long v = 100 + lane;
+  if (((mask >> lane) & 1u) == 0) {
+    out[lane] = -2;
+    return;
+  }
+  switch (mode) {
+    case 0:
+      v = __shfl_sync(mask, v, arg < 0 ? static_cast<int>((7 * lane + 3) % 32) : arg, width);
+      break;
+    case 1:
+      v = __shfl_up_sync(mask, v, static_cast<unsigned>(arg), width);
+      break;
+    case 2:
+      v = __shfl_down_sync(mask, v, static_cast<unsigned>(arg), width);
+      break;
+    default:
+      v = __shfl_xor_sync(mask, v, arg, width);
+      break;
+  }
+  out[lane] = v;
+}
+
+// Each thread writes its block and thread index (6 values) at its place in the grid.
+__global__ void index_probe(long long* out) {
+  const long long block = (static_cast<long long>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const long long thread = (static_cast<long long>(threadIdx.z) * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  long long* slot = out + 6 * (block * blockDim.x * blockDim.y * blockDim.z + thread);
+  slot[0] = blockIdx.x;
+  slot[1] = blockIdx.y;
+  slot[2] = blockIdx.z;
+  slot[3] = threadIdx.x;
+  slot[4] = threadIdx.y;
+  slot[5] = threadIdx.z;
+}
+
+// Block b of a cluster publishes 1000 * rank + b in its shared memory; after a cluster barrier its
+// thread r reads rank r's value through distributed shared memory.
+__global__ void cluster_probe(long long* out) {
+  NORM_EXT_SHARED(long long, mine, [1]);
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  if (threadIdx.x == 0) mine[0] = 1000LL * cluster.block_rank() + blockIdx.x;
+  cluster.sync();
+  if (threadIdx.x < cluster.num_blocks()) {
+    out[blockIdx.x * cluster.num_blocks() + threadIdx.x] = *cluster.map_shared_rank(&mine[0], threadIdx.x);
+  }
+  cluster.sync();
+}
+
+// Every thread writes its index to one slot between two barriers, then reads the slot: the value left
+// is the last writer's, so it shows the schedule (and the checked build reports the race).
+__global__ void schedule_probe(long long* out) {
+  NORM_EXT_SHARED(long long, last, [1]);
+  if (threadIdx.x == 0) last[0] = -1;
+  __syncthreads();
+  last[0] = threadIdx.x;
+  __syncthreads();
+  out[threadIdx.x] = last[0];
+}
+
+// `count` block barriers: the cost of a barrier of blockDim threads.
+__global__ void barrier_probe(int count) {
+  for (int i = 0; i < count; ++i) __syncthreads();
+}
 
 struct Buffers {
   std::unique_ptr<float[]> in;
@@ -196,6 +284,14 @@ const std::map<std::string, Case>& cases() {
       Buffers b(kThreads);
       launch(read_slot<true>, launch_shape(1, kThreads), s, b.out.get());
     };
+    c["shuffle_against_barrier"] = [s] {
+      Buffers b(32);
+      launch(shuffle_against_barrier, launch_shape(1, 32), s, b.out.get());
+    };
+    c["trap"] = [s] {
+      Buffers b(32);
+      launch(trapping, launch_shape(1, 32), s, b.out.get());
+    };
     c["too_many_threads"] = [s] { launch(idle, launch_shape(1, 1025), s); };
     c["empty_grid"] = [s] { launch(idle, launch_shape(0, 32), s); };
     c["grid_y_too_large"] = [s] { launch(idle, launch_shape({1, 65536, 1}, {32, 1, 1}), s); };
@@ -212,6 +308,39 @@ const std::map<std::string, Case>& cases() {
 }  // namespace norm_ext
 
 namespace norm_ext::simt {
+
+std::vector<long long> probe_shuffle(int mode, unsigned mask, int arg, int width) {
+  std::vector<long long> out(32);
+  launch(selftest::shuffle_probe, launch_shape(1, 32), nullptr, mode, mask, arg, width, out.data());
+  return out;
+}
+
+std::vector<long long> probe_indices(const std::array<int64_t, 3>& grid, const std::array<int64_t, 3>& block) {
+  std::vector<long long> out(6 * grid[0] * grid[1] * grid[2] * block[0] * block[1] * block[2], -1);
+  launch(selftest::index_probe, launch_shape(grid, block), nullptr, out.data());
+  return out;
+}
+
+std::vector<long long> probe_cluster(int64_t blocks, int64_t cluster) {
+  std::vector<long long> out(blocks * cluster, -1);
+  if (cluster > 8) {
+    plans::KernelAttributes attrs = kernel_attributes(reinterpret_cast<const void*>(selftest::cluster_probe));
+    attrs.non_portable_cluster = true;
+    record_kernel_attributes(reinterpret_cast<const void*>(selftest::cluster_probe), attrs);
+  }
+  launch(selftest::cluster_probe, launch_shape(blocks, 32, 0, cluster), nullptr, out.data());
+  return out;
+}
+
+std::vector<long long> probe_schedule(int64_t threads) {
+  std::vector<long long> out(threads, -1);
+  launch(selftest::schedule_probe, launch_shape(1, threads), nullptr, out.data());
+  return out;
+}
+
+void probe_barriers(int64_t threads, int count) {
+  launch(selftest::barrier_probe, launch_shape(1, threads), nullptr, count);
+}
 
 std::vector<std::string> selftest_names() {
   std::vector<std::string> names;
