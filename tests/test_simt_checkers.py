@@ -40,7 +40,8 @@ BUGS = [
          rf"bytes at {ADDRESS} of shared array `slots` \(offset 4 of 8 bytes\)", checked_only=True),
     _bug("shared_tail_off_by_one", "shared_tail<true>",
          rf"(out-of-bounds shared-memory access: {THREAD} writes 4 bytes at {ADDRESS} of shared array `stage` "
-         r"\(offset 256 of 256 bytes\)|block \(0, 0, 0\): shared memory written past the end of `stage` \(256 bytes\))"),
+         r"\(offset 256 of 256 bytes\)"
+         r"|block \(0, 0, 0\): shared memory written past the end of `stage` \(256 bytes\))"),
     _bug("partial_warp_full_mask", "warp_sum", rf"{THREAD}: the shuffle at selftest.cpp:\d+ has mask 0xffffffff, "
          r"which names lanes 16,17,.*,31 that this warp does not have \(the block has 48 threads\)"),
     _bug("divergent_barrier", "branch_barrier<true>", rf"{THREAD}: (__syncthreads\(\) at selftest.cpp:\d+ after \d+ "
@@ -52,7 +53,7 @@ BUGS = [
          r"\(selftest.cpp:\d+\): the address must be a multiple of 16"),
     _bug("shuffle_against_barrier", "shuffle_against_barrier",
          rf"(deadlock: no thread can run, and these wait:\n  {THREAD} at|{THREAD}: divergent)"),
-    _bug("trap", "trapping", rf"block \(0, 0, 0\) thread \(3, 0, 0\): __trap\(\) at selftest.cpp:\d+"),
+    _bug("trap", "trapping", r"block \(0, 0, 0\) thread \(3, 0, 0\): __trap\(\) at selftest.cpp:\d+"),
 ]  # fmt: skip
 
 FIXED = [
