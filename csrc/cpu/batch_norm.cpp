@@ -17,8 +17,6 @@ const bool* mask_ptr(const at::Tensor& mask) {
   return mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
 }
 
-using cpu::data_or_null;
-
 cpu::BatchNormShape kernel_shape(const at::Tensor& input, bool cl) {
   const ChannelView v = bn_channel_view(input, cl);
   return {v.channels_last, v.outer, v.channels, v.inner};
@@ -37,9 +35,9 @@ struct CpuBatchNorm {
 
   static void affine(const BnAffineCall& c) {
     cpu::batch_norm_affine({c.input.scalar_type(), kernel_shape(c.input, c.channels_last), c.input.const_data_ptr(),
-                            data_or_null(c.grad_out), mask_ptr(c.mask), c.out.mutable_data_ptr(),
+                            cpu::data_or_null(c.grad_out), mask_ptr(c.mask), c.out.mutable_data_ptr(),
                             c.coefs.mean.const_data_ptr(), c.coefs.scale.const_data_ptr(),
-                            c.coefs.shift.const_data_ptr(), data_or_null(c.coefs.dy_scale)});
+                            c.coefs.shift.const_data_ptr(), cpu::data_or_null(c.coefs.dy_scale)});
   }
 
   static void backward_reduce(const BnReduceCall& c) {
@@ -51,16 +49,16 @@ struct CpuBatchNorm {
 
   static void train(const BnTrainCall& c) {
     cpu::batch_norm_train({c.input.scalar_type(), kernel_shape(c.input, c.channels_last), c.input.const_data_ptr(),
-                           c.shift.const_data_ptr(), data_or_null(c.weight), data_or_null(c.bias), c.eps,
+                           c.shift.const_data_ptr(), cpu::data_or_null(c.weight), cpu::data_or_null(c.bias), c.eps,
                            c.out.mutable_data_ptr(), c.mean.mutable_data_ptr(), c.m2.mutable_data_ptr(),
                            c.invstd.mutable_data_ptr()});
   }
 
   static void train_backward(const BnTrainBackwardCall& c) {
-    cpu::batch_norm_train_backward({c.input.scalar_type(), kernel_shape(c.input, c.channels_last),
-                                    c.grad_out.const_data_ptr(), c.input.const_data_ptr(), c.mean.const_data_ptr(),
-                                    c.invstd.const_data_ptr(), data_or_null(c.weight), c.grad_input.mutable_data_ptr(),
-                                    c.sum_dy.mutable_data_ptr(), c.sum_dy_xhat.mutable_data_ptr()});
+    cpu::batch_norm_train_backward(
+        {c.input.scalar_type(), kernel_shape(c.input, c.channels_last), c.grad_out.const_data_ptr(),
+         c.input.const_data_ptr(), c.mean.const_data_ptr(), c.invstd.const_data_ptr(), cpu::data_or_null(c.weight),
+         c.grad_input.mutable_data_ptr(), c.sum_dy.mutable_data_ptr(), c.sum_dy_xhat.mutable_data_ptr()});
   }
 };
 

@@ -14,40 +14,34 @@
 namespace norm_ext {
 namespace {
 
-using cpu::acc_grad;
-using cpu::copy_back;
-using cpu::data_or_null;
-using cpu::mutable_data_or_null;
-using cpu::param_as_acc;
-
 struct CpuRowNorm {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
   using Guard = NoDeviceGuard;
 
   static void forward(const RowNormFwdCall& c) {
     const at::ScalarType acc = stat_dtype(c.input.scalar_type());
-    const at::Tensor w = param_as_acc(c.weight, acc, c.zero_centered);
-    const at::Tensor b = param_as_acc(c.bias, acc);
+    const at::Tensor w = cpu::param_as_acc(c.weight, acc, c.zero_centered);
+    const at::Tensor b = cpu::param_as_acc(c.bias, acc);
     const at::ScalarType h_dtype = c.residual.defined() ? c.residual.scalar_type() : c.input.scalar_type();
-    cpu::row_norm_fwd({c.input.scalar_type(), h_dtype, c.input.const_data_ptr(), data_or_null(c.residual),
-                       mutable_data_or_null(c.residual_out), c.out.mutable_data_ptr(), mutable_data_or_null(c.mean),
-                       c.rstd.mutable_data_ptr(), data_or_null(w), data_or_null(b), c.shape.rows, c.shape.cols, c.eps,
-                       c.rms});
+    cpu::row_norm_fwd({c.input.scalar_type(), h_dtype, c.input.const_data_ptr(), cpu::data_or_null(c.residual),
+                       cpu::mutable_data_or_null(c.residual_out), c.out.mutable_data_ptr(),
+                       cpu::mutable_data_or_null(c.mean), c.rstd.mutable_data_ptr(), cpu::data_or_null(w),
+                       cpu::data_or_null(b), c.shape.rows, c.shape.cols, c.eps, c.rms});
   }
 
   static void backward(const RowNormBwdCall& c) {
     const at::ScalarType acc = stat_dtype(c.grad_out.scalar_type());
-    const at::Tensor w = param_as_acc(c.weight, acc, c.zero_centered);
-    const at::Tensor b = param_as_acc(c.bias, acc);
-    const at::Tensor dw = acc_grad(c.grad_weight, acc);
-    const at::Tensor db = acc_grad(c.grad_bias, acc);
+    const at::Tensor w = cpu::param_as_acc(c.weight, acc, c.zero_centered);
+    const at::Tensor b = cpu::param_as_acc(c.bias, acc);
+    const at::Tensor dw = cpu::acc_grad(c.grad_weight, acc);
+    const at::Tensor db = cpu::acc_grad(c.grad_bias, acc);
     cpu::row_norm_bwd({c.grad_out.scalar_type(), c.saved.scalar_type(), c.grad_out.const_data_ptr(),
-                       c.saved.const_data_ptr(), data_or_null(c.grad_residual), c.grad_input.mutable_data_ptr(),
-                       data_or_null(c.mean), c.rstd.const_data_ptr(), data_or_null(w), data_or_null(b),
-                       mutable_data_or_null(dw), mutable_data_or_null(db), c.shape.rows, c.shape.cols,
+                       c.saved.const_data_ptr(), cpu::data_or_null(c.grad_residual), c.grad_input.mutable_data_ptr(),
+                       cpu::data_or_null(c.mean), c.rstd.const_data_ptr(), cpu::data_or_null(w), cpu::data_or_null(b),
+                       cpu::mutable_data_or_null(dw), cpu::mutable_data_or_null(db), c.shape.rows, c.shape.cols,
                        c.saved_is_output, c.rms});
-    copy_back(dw, c.grad_weight);
-    copy_back(db, c.grad_bias);
+    cpu::copy_back(dw, c.grad_weight);
+    cpu::copy_back(db, c.grad_bias);
   }
 };
 

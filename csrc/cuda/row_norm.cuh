@@ -178,14 +178,18 @@ constexpr bool is_reduced_float() {
   return std::is_same_v<in_t, at::Half> || std::is_same_v<in_t, at::BFloat16>;
 }
 
-// Calls run(T{}) with T the dtype of the residual stream / saved tensor: the input's dtype, or
-// float32 for half / bf16 input. A template, so that the discarded branch is not instantiated.
-template <typename in_t, typename Run>
-void with_stream_dtype(at::ScalarType dtype, const Run& run) {
-  if constexpr (is_reduced_float<in_t>()) {
-    if (dtype == at::kFloat) return run(float{});
-  }
-  run(in_t{});
+// Calls run(in_t{}, stream_t{}) with in_t the dtype `dtype` names and stream_t that of the residual
+// stream h or of the saved tensor: the input's dtype, or float32 for half / bf16 input. The
+// discarded branch is not instantiated.
+template <typename Run>
+void dispatch_row_norm(at::ScalarType dtype, at::ScalarType stream_dtype, const Run& run) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "norm_ext_row_norm", [&] {
+    using in_t = scalar_t;
+    if constexpr (is_reduced_float<in_t>()) {
+      if (stream_dtype == at::kFloat) return run(in_t{}, float{});
+    }
+    run(in_t{}, in_t{});
+  });
 }
 
 // weight and bias share a dtype (checked), so either one tells whether they are float32.
@@ -204,53 +208,46 @@ struct GpuRowNorm {
   static void forward(const RowNormFwdCall& c) {
     const Stream stream = current_stream();
     const at::ScalarType h_dtype = c.residual.defined() ? c.residual.scalar_type() : c.input.scalar_type();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.input.scalar_type(), "norm_ext_row_norm_forward", [&] {
-      using in_t = scalar_t;
+    dispatch_row_norm(c.input.scalar_type(), h_dtype, [&](auto in_tag, auto h_tag) {
+      using in_t = decltype(in_tag);
+      using h_t = decltype(h_tag);
       using acc_t = at::opmath_type<in_t>;
-      with_stream_dtype<in_t>(h_dtype, [&](auto h_tag) {
-        using h_t = decltype(h_tag);
-        const RowNormFwdArgs<in_t, h_t> args{
-            c.input.const_data_ptr<in_t>(),
-            c.residual.defined() ? c.residual.const_data_ptr<h_t>() : nullptr,
-            c.residual_out.defined() ? c.residual_out.mutable_data_ptr<h_t>() : nullptr,
-            c.out.mutable_data_ptr<in_t>(),
-            c.mean.defined() ? c.mean.mutable_data_ptr<acc_t>() : nullptr,
-            c.rstd.mutable_data_ptr<acc_t>(),
-            make_affine(c.weight, c.bias, c.input.scalar_type(), c.zero_centered),
-            c.shape.rows,
-            c.shape.cols,
-            static_cast<acc_t>(c.eps),
-            c.rms};
-        launch_row_norm_fwd<in_t, h_t>(args, stream);
-      });
+      const RowNormFwdArgs<in_t, h_t> args{c.input.const_data_ptr<in_t>(),
+                                           c.residual.defined() ? c.residual.const_data_ptr<h_t>() : nullptr,
+                                           c.residual_out.defined() ? c.residual_out.mutable_data_ptr<h_t>() : nullptr,
+                                           c.out.mutable_data_ptr<in_t>(),
+                                           c.mean.defined() ? c.mean.mutable_data_ptr<acc_t>() : nullptr,
+                                           c.rstd.mutable_data_ptr<acc_t>(),
+                                           make_affine(c.weight, c.bias, c.input.scalar_type(), c.zero_centered),
+                                           c.shape.rows,
+                                           c.shape.cols,
+                                           static_cast<acc_t>(c.eps),
+                                           c.rms};
+      launch_row_norm_fwd<in_t, h_t>(args, stream);
     });
   }
 
   static void backward(const RowNormBwdCall& c) {
     const Stream stream = current_stream();
     const at::ScalarType acc = stat_dtype(c.grad_out.scalar_type());
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, c.grad_out.scalar_type(), "norm_ext_row_norm_backward", [&] {
-          using in_t = scalar_t;
-          using acc_t = at::opmath_type<in_t>;
-          with_stream_dtype<in_t>(c.saved.scalar_type(), [&](auto saved_tag) {
-            using saved_t = decltype(saved_tag);
-            const RowNormBwdArgs<in_t, saved_t> args{
-                c.grad_out.const_data_ptr<in_t>(),
-                c.saved.const_data_ptr<saved_t>(),
-                c.grad_residual.defined() ? c.grad_residual.const_data_ptr<saved_t>() : nullptr,
-                c.grad_input.mutable_data_ptr<saved_t>(),
-                c.mean.defined() ? c.mean.const_data_ptr<acc_t>() : nullptr,
-                c.rstd.const_data_ptr<acc_t>(),
-                make_affine(c.weight, c.bias, c.grad_out.scalar_type(), c.zero_centered),
-                c.shape.rows,
-                c.shape.cols,
-                c.rms,
-                c.saved_is_output};
-            launch_row_norm_bwd<in_t, saved_t>(args, c.grad_weight, c.grad_bias, c.grad_out.options().dtype(acc),
-                                               stream);
-          });
-        });
+    dispatch_row_norm(c.grad_out.scalar_type(), c.saved.scalar_type(), [&](auto in_tag, auto saved_tag) {
+      using in_t = decltype(in_tag);
+      using saved_t = decltype(saved_tag);
+      using acc_t = at::opmath_type<in_t>;
+      const RowNormBwdArgs<in_t, saved_t> args{
+          c.grad_out.const_data_ptr<in_t>(),
+          c.saved.const_data_ptr<saved_t>(),
+          c.grad_residual.defined() ? c.grad_residual.const_data_ptr<saved_t>() : nullptr,
+          c.grad_input.mutable_data_ptr<saved_t>(),
+          c.mean.defined() ? c.mean.const_data_ptr<acc_t>() : nullptr,
+          c.rstd.const_data_ptr<acc_t>(),
+          make_affine(c.weight, c.bias, c.grad_out.scalar_type(), c.zero_centered),
+          c.shape.rows,
+          c.shape.cols,
+          c.rms,
+          c.saved_is_output};
+      launch_row_norm_bwd<in_t, saved_t>(args, c.grad_weight, c.grad_bias, c.grad_out.options().dtype(acc), stream);
+    });
   }
 };
 

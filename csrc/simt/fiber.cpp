@@ -74,6 +74,16 @@ namespace {
 #ifdef NORM_EXT_SIMT_ASAN
 // The context that switched to the running one: where AddressSanitizer reports the stack we came from.
 NORM_EXT_SIMT_FIBER_TLS FiberContext* tls_switched_from = nullptr;
+
+// Completes AddressSanitizer's record of a switch to the running context (fake_stack: the one this
+// context saved when it left), noting the bounds of the stack the switch came from.
+void finish_switch(void* fake_stack) {
+  const void* bottom = nullptr;
+  std::size_t size = 0;
+  __sanitizer_finish_switch_fiber(fake_stack, &bottom, &size);
+  tls_switched_from->stack_bottom = bottom;
+  tls_switched_from->stack_size = size;
+}
 #endif
 
 #if !defined(__x86_64__)
@@ -144,21 +154,13 @@ void fiber_switch(FiberContext& from, FiberContext& to, bool from_finished) {
   swapcontext(&from.uc, &to.uc);
 #endif
 #ifdef NORM_EXT_SIMT_ASAN
-  const void* bottom = nullptr;
-  std::size_t size = 0;
-  __sanitizer_finish_switch_fiber(fake_stack, &bottom, &size);
-  tls_switched_from->stack_bottom = bottom;
-  tls_switched_from->stack_size = size;
+  finish_switch(fake_stack);
 #endif
 }
 
 void fiber_started() {
 #ifdef NORM_EXT_SIMT_ASAN
-  const void* bottom = nullptr;
-  std::size_t size = 0;
-  __sanitizer_finish_switch_fiber(nullptr, &bottom, &size);
-  tls_switched_from->stack_bottom = bottom;
-  tls_switched_from->stack_size = size;
+  finish_switch(nullptr);
 #endif
 }
 

@@ -76,6 +76,12 @@ struct ShuffleGroup {
   std::source_location site;
 };
 
+// Arrivals at a block's or a cluster's barrier since it last completed, and where the first waits.
+struct Barrier {
+  unsigned arrived = 0;
+  std::source_location site;
+};
+
 struct WarpState {
   unsigned lanes = 32;  // lanes the block gives this warp (the last warp may be partial)
   unsigned exited = 0;  // mask of exited lanes
@@ -92,8 +98,7 @@ struct BlockState {
   std::deque<SharedArray> arrays;  // static shared memory, in order of first use (stable addresses)
   SharedArray dynamic;
   std::int64_t static_bytes = 0;
-  unsigned barrier_arrived = 0;
-  std::source_location barrier_site;
+  Barrier barrier;
   unsigned cluster_arrived = 0;  // threads of this block waiting at cluster.sync()
   unsigned exited = 0;
   std::uint32_t epoch = 0;  // barriers (block or cluster) completed
@@ -103,8 +108,7 @@ struct BlockState {
 struct ClusterState {
   std::vector<std::unique_ptr<BlockState>> blocks;
   unsigned threads = 0;
-  unsigned barrier_arrived = 0;
-  std::source_location barrier_site;
+  Barrier barrier;
   unsigned exited = 0;
   std::uint32_t epoch = 0;
 };

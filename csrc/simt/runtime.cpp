@@ -232,14 +232,14 @@ void finish_block(BlockState& b) {
 [[noreturn]] void thread_exit(ThreadState* t) {
   BlockState& b = *t->block;
   ClusterState& c = *b.cluster;
-  if (b.barrier_arrived > 0) {
-    fail(describe(*t) + ": exited while " + std::to_string(b.barrier_arrived) +
-         " threads of its block wait at __syncthreads() at " + where(b.barrier_site) +
+  if (b.barrier.arrived > 0) {
+    fail(describe(*t) + ": exited while " + std::to_string(b.barrier.arrived) +
+         " threads of its block wait at __syncthreads() at " + where(b.barrier.site) +
          " (a barrier must be reached by every thread of the block)");
   }
-  if (c.barrier_arrived > 0) {
-    fail(describe(*t) + ": exited while " + std::to_string(c.barrier_arrived) +
-         " threads of its cluster wait at cluster.sync() at " + where(c.barrier_site));
+  if (c.barrier.arrived > 0) {
+    fail(describe(*t) + ": exited while " + std::to_string(c.barrier.arrived) +
+         " threads of its cluster wait at cluster.sync() at " + where(c.barrier.site));
   }
   WarpState& w = b.warps[t->warp];
   for (const ShuffleGroup& g : w.groups) {
@@ -543,30 +543,37 @@ const dim3& grid_dim() {
   return tls_launch->grid;
 }
 
+// A thread's arrival at `barrier`, which `expected` threads of its block or cluster (`scope`) must
+// reach, none having exited. Returns whether it completes the barrier.
+bool arrive(ThreadState* t, Barrier& barrier, unsigned expected, unsigned exited, const char* what, const char* scope,
+            const std::source_location& site) {
+  if (exited > 0) {
+    fail(describe(*t) + ": " + what + " at " + where(site) + " after " + std::to_string(exited) + " threads of the " +
+         scope + " exited (a barrier must be reached by every thread of the " + scope + ")");
+  }
+  if (barrier.arrived == 0) {
+    barrier.site = site;
+  } else if (!same_site(barrier.site, site)) {
+    fail(describe(*t) + ": divergent barrier: " + what + " at " + where(site) + " while " +
+         std::to_string(barrier.arrived) + " threads of the " + scope + " wait at " + what + " at " +
+         where(barrier.site));
+  }
+  t->site = site;
+  return ++barrier.arrived == expected;
+}
+
 void sync_threads(const std::source_location& site) {
   RuntimeEntry entry;
   ThreadState* t = entry.t;
   BlockState& b = *t->block;
-  if (b.exited > 0) {
-    fail(describe(*t) + ": __syncthreads() at " + where(site) + " after " + std::to_string(b.exited) +
-         " threads of the block exited (a barrier must be reached by every thread of the block)");
-  }
   if (b.cluster_arrived > 0) {
     fail(describe(*t) + ": divergent barrier: __syncthreads() at " + where(site) + " while " +
          std::to_string(b.cluster_arrived) + " threads of the block wait at cluster.sync() at " +
-         where(b.cluster->barrier_site));
-  }
-  if (b.barrier_arrived == 0) {
-    b.barrier_site = site;
-  } else if (!same_site(b.barrier_site, site)) {
-    fail(describe(*t) + ": divergent barrier: __syncthreads() at " + where(site) + " while " +
-         std::to_string(b.barrier_arrived) + " threads of the block wait at __syncthreads() at " +
-         where(b.barrier_site));
+         where(b.cluster->barrier.site));
   }
   t->wait = Wait::kBlockBarrier;
-  t->site = site;
-  if (++b.barrier_arrived == b.threads.size()) {
-    b.barrier_arrived = 0;
+  if (arrive(t, b.barrier, static_cast<unsigned>(b.threads.size()), b.exited, "__syncthreads()", "block", site)) {
+    b.barrier.arrived = 0;
     ++b.epoch;
     std::vector<ThreadState*>& all = launch().release_buffer;
     all.clear();
@@ -581,27 +588,15 @@ void cluster_sync(const std::source_location& site) {
   ThreadState* t = entry.t;
   BlockState& b = *t->block;
   ClusterState& c = *b.cluster;
-  if (c.exited > 0) {
-    fail(describe(*t) + ": cluster.sync() at " + where(site) + " after " + std::to_string(c.exited) +
-         " threads of the cluster exited (every thread of every block of the cluster must reach it)");
-  }
-  if (b.barrier_arrived > 0) {
+  if (b.barrier.arrived > 0) {
     fail(describe(*t) + ": divergent barrier: cluster.sync() at " + where(site) + " while " +
-         std::to_string(b.barrier_arrived) + " threads of the block wait at __syncthreads() at " +
-         where(b.barrier_site));
-  }
-  if (c.barrier_arrived == 0) {
-    c.barrier_site = site;
-  } else if (!same_site(c.barrier_site, site)) {
-    fail(describe(*t) + ": divergent barrier: cluster.sync() at " + where(site) + " while " +
-         std::to_string(c.barrier_arrived) + " threads of the cluster wait at cluster.sync() at " +
-         where(c.barrier_site));
+         std::to_string(b.barrier.arrived) + " threads of the block wait at __syncthreads() at " +
+         where(b.barrier.site));
   }
   t->wait = Wait::kClusterBarrier;
-  t->site = site;
   ++b.cluster_arrived;
-  if (++c.barrier_arrived == c.threads) {
-    c.barrier_arrived = 0;
+  if (arrive(t, c.barrier, c.threads, c.exited, "cluster.sync()", "cluster", site)) {
+    c.barrier.arrived = 0;
     ++c.epoch;
     std::vector<ThreadState*>& all = launch().release_buffer;
     all.clear();
