@@ -10,6 +10,8 @@ Environment:
                           on CPU fibers (csrc/simt); "checked" builds it with clang, AddressSanitizer
                           and the race / uninitialized-read checker (default: 0).
   NORM_EXT_SIMT_CXX       the clang++ of the checked build (default: clang++-19, else clang++).
+  NORM_EXT_SIMT_ONLY=1    build norm_ext._simt alone, keeping the norm_ext._C already built (an
+                          editable install rebuilds everything it builds from scratch).
   TORCH_CUDA_ARCH_LIST    GPU architectures (default: the visible GPU's, else "8.0;9.0+PTX").
   MAX_JOBS                parallel compile jobs (ninja).
   CUDA_HOME               CUDA toolkit (default: /usr/local/cuda when it has nvcc).
@@ -174,7 +176,13 @@ def _extensions():
     )
     if not with_cuda and request == "auto":
         print("norm_ext: building without CUDA kernels (CPU-only torch or no nvcc)", flush=True)
-    return [ext] + ([_simt_extension(simt)] if simt != "0" else [])
+    simt_ext = [_simt_extension(simt)] if simt != "0" else []
+    if os.environ.get("NORM_EXT_SIMT_ONLY") == "1":
+        if not simt_ext:
+            sys.exit("norm_ext: NORM_EXT_SIMT_ONLY=1 needs NORM_EXT_SIMT=1 or checked")
+        print("norm_ext: NORM_EXT_SIMT_ONLY=1 -> building norm_ext._simt only", flush=True)
+        return simt_ext
+    return [ext] + simt_ext
 
 
 setup(

@@ -55,7 +55,7 @@ def unavailable_reason() -> str:
     if _simt is not None:
         return ""
     message = str(_IMPORT_ERROR)
-    if "__asan" in message:
+    if "__asan" in message or "__sanitizer" in message:
         return (
             "the checked SIMT build needs AddressSanitizer's runtime loaded first: run with "
             "LD_PRELOAD=$(clang++-19 -print-file-name=libclang_rt.asan-x86_64.so) "

@@ -206,28 +206,21 @@ void launch(void (*kernel)(Params...), const plans::LaunchShape& shape, Stream s
 #else
   const std::string err = plans::launch_error(shape, kernel_attributes(key), device_props());
   TORCH_CHECK(err.empty(), "norm_ext: invalid kernel launch: ", err);
-  const dim3 grid(static_cast<unsigned>(shape.grid[0]), static_cast<unsigned>(shape.grid[1]),
-                  static_cast<unsigned>(shape.grid[2]));
-  const dim3 block(static_cast<unsigned>(shape.block[0]), static_cast<unsigned>(shape.block[1]),
-                   static_cast<unsigned>(shape.block[2]));
-  if (shape.cluster > 1) {
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = static_cast<unsigned>(shape.cluster);
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = static_cast<size_t>(shape.dynamic_smem);
-    config.stream = stream;
-    config.attrs = &attr;
-    config.numAttrs = 1;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
-  } else {
-    kernel<<<grid, block, static_cast<size_t>(shape.dynamic_smem), stream> > >(std::forward<Args>(args)...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = static_cast<unsigned>(shape.cluster);
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(shape.grid[0]), static_cast<unsigned>(shape.grid[1]),
+                        static_cast<unsigned>(shape.grid[2]));
+  config.blockDim = dim3(static_cast<unsigned>(shape.block[0]), static_cast<unsigned>(shape.block[1]),
+                         static_cast<unsigned>(shape.block[2]));
+  config.dynamicSmemBytes = static_cast<size_t>(shape.dynamic_smem);
+  config.stream = stream;
+  config.attrs = shape.cluster > 1 ? &attr : nullptr;
+  config.numAttrs = shape.cluster > 1 ? 1 : 0;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 #endif
 }
 
