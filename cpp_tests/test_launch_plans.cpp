@@ -98,6 +98,10 @@ void test_row_norm_forward_paths() {
     CHECK_EQ(p.cluster, c.cluster);
     CHECK_EQ(p.grid % p.cluster, 0);
   }
+  // A 2-block cluster never fits where one block does not: the plans start at 4.
+  CHECK_EQ(kRowClusterShapes[0].blocks, 4);
+  CHECK(plan_row_norm_fwd(1000, 4096 * 8 + 8, 8, d, model_clusters).cluster == 4);
+  CHECK(plan_row_norm_bwd(1000, 1024 * 8 + 8, 8, 4, d, model_blocks_per_sm, model_clusters).cluster == 4);
   // Misaligned rows (vec 1) never cluster: they stream once past one block.
   CHECK(plan_row_norm_fwd(100, 4096, 1, d, model_clusters).path == RowPath::kBlock);
   CHECK(plan_row_norm_fwd(100, 4097, 1, d, model_clusters).path == RowPath::kStream);

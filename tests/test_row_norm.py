@@ -135,7 +135,7 @@ def test_large_offset_rows_keep_their_variance(device):
     assert abs(float(y.double().std(dim=-1).mean()) - 1.0) < 1e-2
 
 
-# Rows past one block's registers. On sm_90 these split over thread-block clusters of 2-16 blocks
+# Rows past one block's registers. On sm_90 these split over thread-block clusters of 4-16 blocks
 # (plans/row_norm.h; 40000 bf16 takes 4 blocks forward and 8 backward, 65536 fp32 8 and 16), and past
 # what 16 blocks hold (backward: 262144 bf16, 131072 fp32 and up) they stream. With more rows than
 # clusters fit at once, each cluster takes several rows and reuses its exchange buffers. float64

@@ -307,7 +307,7 @@ __device__ __forceinline__ std::pair<int64_t, int64_t> cluster_slice(const coope
 #endif
 
 // Cluster path (sm_90): rows too long for one block's registers are split over a thread-block
-// cluster of 2-16 blocks, each holding a contiguous slice of the row in registers, so the row is
+// cluster of 4-16 blocks, each holding a contiguous slice of the row in registers, so the row is
 // still read once; the streaming path would read it twice, the second time from HBM once the rows
 // in flight (a 256K bf16 row is 512 KB) outgrow L2. Each block reduces its slice to a Welford state
 // (two passes over its registers, around the slice's own mean) and the blocks exchange those states

@@ -8,7 +8,7 @@
 // when a pointer or the row length is not vector aligned):
 //   - warp: one warp per row, several rows per block, for short rows;
 //   - block: one block per row, the row held in registers;
-//   - cluster (sm_90): rows past one block's registers split over a thread-block cluster of 2-16
+//   - cluster (sm_90): rows past one block's registers split over a thread-block cluster of 4-16
 //     blocks, each holding a slice in registers and exchanging partial statistics through
 //     distributed shared memory, so that the row is still read once;
 //   - stream: rows too long for the registers are re-read from global memory; any length works.
@@ -59,12 +59,13 @@ inline const char* row_path_name(RowPath p) {
 // Cluster shapes for rows past the register path, tried in order: the first whose slice fits the
 // block's registers and which the device can schedule. 256-thread blocks first, as in the register
 // path (two blocks per SM overlap one's reductions with the other's loads); 16 blocks is beyond the
-// portable cluster size and depends on the GPU's partitioning, hence last.
+// portable cluster size and depends on the GPU's partitioning, hence last. No 2-block shape: one
+// block's registers hold every row two 256-thread blocks could (4096 vectors forward, 1024 backward).
 struct ClusterShape {
   int blocks;
   int max_threads;
 };
-inline constexpr ClusterShape kRowClusterShapes[] = {{2, 256}, {4, 256}, {8, 256}, {8, 512}, {16, 512}};
+inline constexpr ClusterShape kRowClusterShapes[] = {{4, 256}, {8, 256}, {8, 512}, {16, 512}};
 
 // Clusters of `blocks` blocks of `threads` threads of the cluster kernel that fit on the device at
 // once (0: none, or the device has no clusters).
