@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
-from conftest import DEVICES, GPU_DEVICES, needs_cuda
+from conftest import DEVICES, GPU_DEVICES, SIMT, needs_cuda
 from tolerances import BACKWARD, FORWARD, assert_close_to_reference
 
 import norm_ext
-from norm_ext import reference
+from norm_ext import reference, simt
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (input shape, normalized_shape): row lengths 1, 7, 1023, 4097, 300000 and a 2-D normalized shape.
@@ -155,6 +155,56 @@ def test_long_rows(kind, rows, cols, dtype, device):
     x = torch.randn(rows, cols, dtype=dtype, device=device) * 2 + 0.5
     w, b = _params((cols,), dtype, device)
     _check_forward_backward(kind, x, (cols,), w, b, 1e-5, dtype)
+
+
+# Every path of the row-norm plans (plans/row_norm.h) at the H200's properties, each with an fp32
+# shape that takes it, checked from the SIMT launch log so that the shapes of the tests above keep
+# reaching the paths they are meant for; each also checked against float64. (fwd, bwd) per shape:
+# the kernel, whether a block holds several rows (warp mode), and the cluster size.
+ROW_PATHS = [
+    pytest.param(64, 128, ("reg", True, 1), ("reg", True, 1), id="warp"),
+    pytest.param(4, 1000, ("reg", False, 1), ("reg", False, 1), id="block"),
+    pytest.param(2, 4100, ("reg", False, 1), ("cluster", False, 4), id="bwd-cluster4"),
+    pytest.param(2, 20000, ("cluster", False, 4), ("cluster", False, 8), id="cluster4-8"),
+    pytest.param(2, 40000, ("cluster", False, 8), ("cluster", False, 16), id="cluster8-16"),
+    pytest.param(2, 131072, ("cluster", False, 8), ("stream", False, 1), id="cluster8-bwd-stream"),
+    pytest.param(2, 262144, ("cluster", False, 16), ("stream", False, 1), id="cluster16"),
+    pytest.param(3, 4097, ("stream", False, 1), ("stream", False, 1), id="misaligned-stream"),
+    pytest.param(2, 300000, ("stream", False, 1), ("stream", False, 1), id="long-stream"),
+]
+
+
+@pytest.mark.parametrize("rows,cols,fwd_path,bwd_path", ROW_PATHS)
+@pytest.mark.parametrize("device", [SIMT])
+def test_every_row_path_is_taken(rows, cols, fwd_path, bwd_path, device):
+    dtype = torch.float32
+
+    def path(launches, direction):
+        # The streaming backward's first pass (row_sums) precedes its main kernel.
+        prefix = f"row_norm_{direction}_"
+        main = [x for x in launches if x.name.startswith(prefix) and x.name != "row_norm_bwd_row_sums"]
+        assert len(main) == 1, launches
+        launch = main[0]
+        kernel = launch.name[len(prefix) :]
+        return kernel, launch.grid[0] < rows, launch.cluster
+
+    x = torch.randn(rows, cols) * 2 + 0.5
+    w, b = _params((cols,), dtype, device)
+    with simt.launch_log() as forward_launches:
+        y, mean, rstd = torch.ops.norm_ext.layer_norm(x, [cols], w, b, 1e-5)
+    dy = torch.randn_like(y)
+    with simt.launch_log() as backward_launches:
+        dx, dw, db = torch.ops.norm_ext.layer_norm_backward(dy, x, [cols], mean, rstd, w, b)
+    assert path(forward_launches, "fwd") == fwd_path
+    assert path(backward_launches, "bwd") == bwd_path
+
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    y64 = reference.layer_norm(x64, (cols,), w64, b64, 1e-5)
+    assert_close_to_reference(y, y64, dtype, FORWARD, "output")
+    for name, g, g64 in zip(
+        ("dx", "dweight", "dbias"), (dx, dw, db), torch.autograd.grad(y64, (x64, w64, b64), dy.double())
+    ):
+        assert_close_to_reference(g, g64, dtype, BACKWARD, name)
 
 
 @pytest.mark.parametrize("device", GPU_DEVICES)
