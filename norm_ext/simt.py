@@ -37,6 +37,9 @@ __all__ = [
     "serving",
     "launch_log",
     "Launch",
+    "traffic",
+    "Traffic",
+    "TrafficCounts",
     "SCHEDULES",
     "selftest",
     "selftest_names",
@@ -161,3 +164,48 @@ def launch_log() -> Iterator[List[Launch]]:
     finally:
         launches.extend(Launch(*record) for record in module.take_launch_log())
         module.set_launch_log(False)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Global-memory bytes the kernels accessed in one range (see :func:`traffic`)."""
+
+    read: int  # every access counted
+    written: int
+    distinct_read: int  # bytes read at least once
+    distinct_written: int
+    reread: int  # bytes read more than once
+    rewritten: int
+
+
+class TrafficCounts:
+    """The counts of one :func:`traffic` window, per byte of global memory; valid until the next window."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def of(self, tensor) -> Traffic:
+        """What the kernels read and wrote of ``tensor``'s bytes (contiguous, alive since the window)."""
+        if not tensor.is_contiguous():
+            raise ValueError("traffic counts are of contiguous tensors")
+        return Traffic(*self._module.traffic_of(tensor.data_ptr(), tensor.numel() * tensor.element_size()))
+
+    def total(self) -> Traffic:
+        """Of all global memory the kernels touched, temporaries included."""
+        return Traffic(*self._module.traffic_total())
+
+
+@contextlib.contextmanager
+def traffic() -> Iterator[TrafficCounts]:
+    """Count, per byte, the global memory that the kernels launched inside the block read and write.
+
+    Needs the checked build (``NORM_EXT_SIMT=checked``), whose instrumentation sees every access of
+    kernel code; the plain build raises ``RuntimeError``. Counts are by address: memory freed and
+    reused inside the block counts for both of its tensors."""
+    module = _module()
+    module.traffic_start()
+    counts = TrafficCounts(module)
+    try:
+        yield counts
+    finally:
+        module.traffic_stop()

@@ -102,3 +102,15 @@ def test_simt_schedules_order_the_threads():
     randoms = {last_writer("random", seed) for seed in range(8)}
     assert len(randoms) > 1
     assert last_writer("random", 5) == last_writer("random", 5)
+
+
+def test_simt_traffic_is_counted_by_the_checked_build_only():
+    # What the checked build counts is tested in tests/test_simt_traffic.py.
+    if CHECKED_SIMT:
+        with simt.traffic() as counts:
+            pass
+        assert counts.total() == simt.Traffic(0, 0, 0, 0, 0, 0)
+    else:
+        with pytest.raises(RuntimeError, match="needs the checked SIMT build"):
+            with simt.traffic():
+                pass

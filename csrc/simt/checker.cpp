@@ -64,6 +64,52 @@ struct CheckerState {
 // A pointer, so that reading it needs no thread-local initialization guard.
 NORM_EXT_SIMT_TLS CheckerState* tls_state = nullptr;
 
+// Per-byte access counts of one page of global memory, saturating.
+struct TrafficPage {
+  std::uint16_t reads[kPageBytes];
+  std::uint16_t writes[kPageBytes];
+};
+struct Traffic {
+  bool counting = false;
+  std::unordered_map<std::uintptr_t, std::unique_ptr<TrafficPage>> pages;
+  std::uintptr_t last_page = ~std::uintptr_t{0};
+  TrafficPage* last = nullptr;
+};
+// Process-wide rather than per thread: an op's launches may run on another thread than the caller
+// (autograd's), one at a time. A pointer for the same reason as tls_state.
+Traffic* g_traffic = nullptr;
+
+Traffic& traffic() {
+  if (g_traffic == nullptr) g_traffic = new Traffic();
+  return *g_traffic;
+}
+
+void count_traffic(std::uintptr_t addr, std::size_t size, bool write) {
+  Traffic& tr = traffic();
+  for (std::uintptr_t a = addr; a < addr + size; ++a) {
+    const std::uintptr_t page = a >> kPageBits;
+    if (page != tr.last_page) {
+      std::unique_ptr<TrafficPage>& cells = tr.pages[page];
+      if (!cells) cells = std::make_unique<TrafficPage>();
+      tr.last_page = page;
+      tr.last = cells.get();
+    }
+    std::uint16_t& count = (write ? tr.last->writes : tr.last->reads)[a & (kPageBytes - 1)];
+    if (count != UINT16_MAX) ++count;
+  }
+}
+
+void add_counts(TrafficCount& c, const TrafficPage& page, std::uintptr_t first, std::uintptr_t last) {
+  for (std::uintptr_t i = first; i < last; ++i) {
+    c.read += page.reads[i];
+    c.written += page.writes[i];
+    c.distinct_read += page.reads[i] > 0;
+    c.distinct_written += page.writes[i] > 0;
+    c.reread += page.reads[i] > 1;
+    c.rewritten += page.writes[i] > 1;
+  }
+}
+
 CheckerState& state() {
   if (tls_state == nullptr) tls_state = new CheckerState();
   return *tls_state;
@@ -297,6 +343,7 @@ NORM_EXT_SIMT_UNCHECKED void checked_access(std::uintptr_t addr, std::size_t siz
     check_shared(*t, *near, addr, size, write);
   } else {
     check_global(*t, addr, size, write);
+    if (g_traffic != nullptr && g_traffic->counting) count_traffic(addr, size, write);
   }
   tls_in_runtime = false;
 }
@@ -311,6 +358,37 @@ void checker_launch_end() {
   st.arrays.clear();
   st.last_page = ~std::uintptr_t{0};
   st.last_cells = nullptr;
+}
+
+void traffic_start() {
+  Traffic& tr = traffic();
+  tr.pages.clear();
+  tr.last_page = ~std::uintptr_t{0};
+  tr.last = nullptr;
+  tr.counting = true;
+}
+
+void traffic_stop() {
+  traffic().counting = false;
+}
+
+TrafficCount traffic_of(std::uintptr_t begin, std::uint64_t bytes) {
+  TrafficCount c;
+  const Traffic& tr = traffic();
+  for (std::uintptr_t a = begin; a < begin + bytes;) {
+    const std::uintptr_t page = a >> kPageBits;
+    const std::uintptr_t end = std::min<std::uintptr_t>(begin + bytes, (page + 1) << kPageBits);
+    const auto it = tr.pages.find(page);
+    if (it != tr.pages.end()) add_counts(c, *it->second, a & (kPageBytes - 1), ((end - 1) & (kPageBytes - 1)) + 1);
+    a = end;
+  }
+  return c;
+}
+
+TrafficCount traffic_total() {
+  TrafficCount c;
+  for (const auto& [page, cells] : traffic().pages) add_counts(c, *cells, 0, kPageBytes);
+  return c;
 }
 
 void checker_cluster_begin(ClusterState& cluster) {
@@ -373,7 +451,24 @@ extern "C" NORM_EXT_SIMT_UNCHECKED void* __norm_ext_simt_memset(void* dst, int c
 
 #else
 
+#include <stdexcept>
+
 namespace norm_ext::simt {
+namespace {
+[[noreturn]] void no_traffic() {
+  throw std::runtime_error("counting global-memory traffic needs the checked SIMT build (NORM_EXT_SIMT=checked)");
+}
+}  // namespace
+void traffic_start() {
+  no_traffic();
+}
+void traffic_stop() {}
+TrafficCount traffic_of(std::uintptr_t, std::uint64_t) {
+  no_traffic();
+}
+TrafficCount traffic_total() {
+  no_traffic();
+}
 void checker_launch_begin(Launch&) {}
 void checker_launch_end() {}
 void checker_cluster_begin(ClusterState&) {}

@@ -128,6 +128,35 @@ PyObject* take_launch_log(PyObject*, PyObject*) {
   return list;
 }
 
+PyObject* traffic_start(PyObject*, PyObject*) {
+  return guarded([] {
+    simt::traffic_start();
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* traffic_stop(PyObject*, PyObject*) {
+  simt::traffic_stop();
+  Py_RETURN_NONE;
+}
+
+PyObject* traffic_tuple(const simt::TrafficCount& c) {
+  return Py_BuildValue("(KKKKKK)", static_cast<unsigned long long>(c.read), static_cast<unsigned long long>(c.written),
+                       static_cast<unsigned long long>(c.distinct_read),
+                       static_cast<unsigned long long>(c.distinct_written), static_cast<unsigned long long>(c.reread),
+                       static_cast<unsigned long long>(c.rewritten));
+}
+
+PyObject* traffic_of(PyObject*, PyObject* args) {
+  unsigned long long begin = 0, bytes = 0;
+  if (!PyArg_ParseTuple(args, "KK", &begin, &bytes)) return nullptr;
+  return guarded([&] { return traffic_tuple(simt::traffic_of(begin, bytes)); });
+}
+
+PyObject* traffic_total(PyObject*, PyObject*) {
+  return guarded([] { return traffic_tuple(simt::traffic_total()); });
+}
+
 PyObject* selftest_names(PyObject*, PyObject*) {
   const std::vector<std::string> names = simt::selftest_names();
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(names.size()));
@@ -198,6 +227,10 @@ PyMethodDef methods[] = {
     {"flavour", flavour, METH_NOARGS, "'plain', or 'checked' (race, uninitialized-read and ASan checks)."},
     {"set_launch_log", set_launch_log, METH_O, "Start (True) or stop (False) recording launches."},
     {"take_launch_log", take_launch_log, METH_NOARGS, "The launches recorded since the last call."},
+    {"traffic_start", traffic_start, METH_NOARGS, "Count the kernels' global-memory accesses (checked build)."},
+    {"traffic_stop", traffic_stop, METH_NOARGS, "Stop counting; the counts stay until the next start."},
+    {"traffic_of", traffic_of, METH_VARARGS, "traffic_of(address, bytes): the counts of that range."},
+    {"traffic_total", traffic_total, METH_NOARGS, "The counts of all global memory."},
     {"selftest_names", selftest_names, METH_NOARGS, "Names of the checkers' self-test kernels."},
     {"run_selftest", run_selftest, METH_VARARGS, "Run one self-test kernel; raises what the checkers report."},
     {"probe_shuffle", probe_shuffle, METH_VARARGS, "probe_shuffle(mode, mask, arg, width): 32 lanes' results."},
@@ -210,7 +243,7 @@ PyMethodDef methods[] = {
 
 }  // namespace
 
-extern "C" PyMODINIT_FUNC PyInit__simt(void) {
+PyMODINIT_FUNC PyInit__simt(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_simt", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }

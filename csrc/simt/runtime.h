@@ -47,6 +47,20 @@ struct LaunchRecord {
 void set_launch_log(bool enabled);
 std::vector<LaunchRecord> take_launch_log();
 
+// The checked build counts, per byte, the global memory that kernel threads read and write between
+// traffic_start and traffic_stop: what the tests hold each op's traffic to. The plain build does not
+// see the kernels' accesses and throws. Counts are of the last window until the next one starts.
+struct TrafficCount {
+  std::uint64_t read = 0, written = 0;                    // bytes, every access counted
+  std::uint64_t distinct_read = 0, distinct_written = 0;  // bytes accessed at least once
+  std::uint64_t reread = 0, rewritten = 0;                // bytes accessed more than once
+};
+void traffic_start();
+void traffic_stop();
+TrafficCount traffic_of(std::uintptr_t begin, std::uint64_t bytes);
+// Of every byte of global memory.
+TrafficCount traffic_total();
+
 // Name of a kernel for reports: its demangled symbol where the dynamic linker knows it.
 std::string kernel_name(const void* kernel);
 

@@ -15,6 +15,9 @@ like and the measured copy bandwidth is the ceiling:
 * fwd+bwd: the sum of the two.
 
 Per-row/per-channel statistics are a few bytes per row and are not counted.
+
+The row norms' CUDA kernels are held to this model byte for byte (the distinct bytes of activations
+and parameters each kernel touches) by tests/test_simt_traffic.py, on the checked SIMT build.
 """
 
 from __future__ import annotations
