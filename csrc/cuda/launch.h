@@ -118,60 +118,71 @@ inline bool allow_non_portable_clusters(const void* kernel) {
   return true;
 }
 
-// Resident blocks of `kernel` per SM at this block size and dynamic shared memory.
-inline int max_active_blocks_per_sm(const void* kernel, int threads, int64_t smem) {
-#ifdef NORM_EXT_SIMT
-  (void)kernel;
-  return plans::occupancy_blocks_per_sm(device_props(), threads, smem);
-#else
-  int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, static_cast<size_t>(smem)));
-  return blocks;
-#endif
-}
-
-// Clusters of `blocks` blocks of `kernel` that fit on the device at once; 0 when it cannot launch
-// them (no sm_90 code in the build, a refused non-portable size, or a shape that does not fit). Cached
-// per device, kernel and shape, so that a launch makes no driver query.
-inline int max_active_clusters(const void* kernel, int blocks, int threads) {
+// An occupancy answer cached per device, kernel and the query's two numbers, so that a launch makes
+// no driver query after the first of its shape (the row norms ask on every call). Each call site's
+// Query is its own lambda type, hence its own cache.
+template <typename Query>
+int cached_occupancy(const void* kernel, int64_t a, int64_t b, Query query) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, const void*, int, int>, int> cache;
+  static std::map<std::tuple<int, const void*, int64_t, int64_t>, int> cache;
 #ifdef NORM_EXT_SIMT
   const int device = 0;
 #else
   const int device = at::cuda::current_device();
 #endif
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(device, kernel, blocks, threads);
+  const auto key = std::make_tuple(device, kernel, a, b);
   const auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  int clusters = 0;
-  const bool allowed = blocks <= device_props().max_cluster_portable || allow_non_portable_clusters(kernel);
+  const int value = query();
+  cache.emplace(key, value);
+  return value;
+}
+
+// Resident blocks of `kernel` per SM at this block size and dynamic shared memory.
+inline int max_active_blocks_per_sm(const void* kernel, int threads, int64_t smem) {
+  return cached_occupancy(kernel, threads, smem, [&] {
 #ifdef NORM_EXT_SIMT
-  if (allowed) clusters = plans::occupancy_max_clusters(device_props(), blocks, threads, 0);
+    return plans::occupancy_blocks_per_sm(device_props(), threads, smem);
 #else
-  // The kernel's code for this device may lack the cluster path: the build may target sm_80 only,
-  // and a GPU running JIT-compiled sm_80 PTX reports major 9 but has no such code.
-  cudaFuncAttributes attrs{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = blocks;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(threads);
-  config.attrs = &attr;
-  config.numAttrs = 1;
-  // A shape the device cannot schedule answers with an error rather than a zero.
-  if (!allowed || attrs.ptxVersion < 90 || cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
-    (void)cudaGetLastError();
-    clusters = 0;
-  }
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, static_cast<size_t>(smem)));
+    return blocks;
 #endif
-  cache.emplace(key, clusters);
-  return clusters;
+  });
+}
+
+// Clusters of `blocks` blocks of `kernel` that fit on the device at once; 0 when it cannot launch
+// them (no sm_90 code in the build, a refused non-portable size, or a shape that does not fit).
+inline int max_active_clusters(const void* kernel, int blocks, int threads) {
+  return cached_occupancy(kernel, blocks, threads, [&] {
+    const bool allowed = blocks <= device_props().max_cluster_portable || allow_non_portable_clusters(kernel);
+#ifdef NORM_EXT_SIMT
+    return allowed ? plans::occupancy_max_clusters(device_props(), blocks, threads, 0) : 0;
+#else
+    // The kernel's code for this device may lack the cluster path: the build may target sm_80 only,
+    // and a GPU running JIT-compiled sm_80 PTX reports major 9 but has no such code.
+    cudaFuncAttributes attrs{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attrs, kernel));
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = blocks;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(threads);
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    int clusters = 0;
+    // A shape the device cannot schedule answers with an error rather than a zero.
+    if (!allowed || attrs.ptxVersion < 90 || cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+      (void)cudaGetLastError();
+      clusters = 0;
+    }
+    return clusters;
+#endif
+  });
 }
 
 // A launch's shape from its grid and block sizes; cluster blocks along x.
