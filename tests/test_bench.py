@@ -10,8 +10,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_simt
 
 import norm_ext
+from norm_ext import simt
 from norm_ext.bench import Config, harness, run
 from norm_ext.bench import __main__ as cli
 from norm_ext.bench.cases import OPS, Variant, bytes_moved, make_case
@@ -74,6 +76,34 @@ def test_torch_compile_provider(tmp_path):
                           "norm_ext,torch,torch.compile", "--no-plots")  # fmt: skip
     statuses = {r["provider"]: r["status"] for r in data["results"]}
     assert statuses == {"norm_ext": "ok", "torch": "ok", "torch.compile": "ok"}
+
+
+def test_stored_backward_survives_another_providers_running_stats_update(tmp_path):
+    # torch's bf16 batch_norm saves the running stats for its backward; the bwd pass replays a stored
+    # forward after norm_ext's forward has run, which must not touch the same running-stat tensors.
+    _, data, _ = _run_cli(tmp_path, "--ops", "batch_norm", "--dtypes", "bf16", "--pass", "bwd", "--sizes",
+                          "4x16x6x6", "--providers", "torch,norm_ext", "--no-plots")  # fmt: skip
+    assert {(r["provider"], r["status"]) for r in data["results"]} == {("torch", "ok"), ("norm_ext", "ok")}
+
+
+@needs_simt
+def test_bench_on_the_simt_backend(tmp_path):
+    # The GPU session's rehearsal: norm_ext's CUDA kernels (forward and backward) behind the bench's
+    # checks, torch on the CPU beside them.
+    ops = "layer_norm,rms_norm,batch_norm,group_norm"
+    with simt.launch_log() as launches:
+        _, data, _ = _run_cli(tmp_path, "--device", "simt", "--ops", ops, "--dtypes", "bf16", "--pass", "fwd,bwd",
+                              "--sizes", "8x256,4x32x6x6", "--providers", "norm_ext,torch", "--no-plots")  # fmt: skip
+    meta, rows = data["meta"], data["results"]
+    assert meta["device"] == "simt" and meta["device_name"].startswith("SIMT host build")
+    assert {r["status"] for r in rows} == {"ok"}, [r for r in rows if r["status"] != "ok"]
+    assert {(r["op"], r["pass"]) for r in rows if r["provider"] == "norm_ext"} == {
+        (op, p) for op in ops.split(",") for p in ("fwd", "bwd")
+    }
+    kernels = {launch.name for launch in launches}
+    expected = {"row_norm_fwd", "row_norm_bwd", "reduce_channels_first_kernel", "reduce_channels_last_kernel",
+                "affine_channels_first_kernel", "group_stats_kernel", "group_norm_grad_input_kernel"}  # fmt: skip
+    assert {e for e in expected if any(name.startswith(e) for name in kernels)} == expected, sorted(kernels)
 
 
 def _broken_layer_norm(x, shape, weight, bias, eps):

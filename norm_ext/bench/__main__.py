@@ -61,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_PASSES),
         help="fwd,bwd,fwd+bwd (default fwd,fwd+bwd; bwd alone on request)",
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible, else cpu")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "simt"),
+        help="default: cuda when a GPU is visible, else cpu; simt: norm_ext's CUDA kernels on the SIMT "
+        "backend (a build with NORM_EXT_SIMT=1), the other providers on the CPU, at the --quick sizes "
+        "unless --sizes says otherwise; it checks results and rehearses a GPU run, its times say nothing",
+    )
+    p.add_argument(
+        "--compile-shapes",
+        choices=("static", "dynamic"),
+        help="torch.compile's shapes (default: static on CUDA, a compile per case; dynamic on a CPU, a "
+        "compile per op, dtype and pass)",
+    )
     p.add_argument("--providers", type=_csv, default=list(DEFAULT_PROVIDERS), help="default: all, absent ones skipped")
     p.add_argument("--out", default="bench_out", help="directory for results.csv/.json and plots/")
     p.add_argument("--quick", action="store_true", help="small sizes and short timing, a smoke test")
@@ -125,8 +137,9 @@ def main(argv: List[str] | None = None) -> int:
         providers=args.providers,
         min_time_s=args.min_time if args.min_time is not None else (0.02 if quick else 0.3),
         max_reps=args.reps if args.reps is not None else (5 if quick else 200),
-        warmup=args.warmup if args.warmup is not None else (1 if quick or device == "cpu" else 3),
+        warmup=args.warmup if args.warmup is not None else (1 if quick or device != "cuda" else 3),
         use_graph=not args.no_graph,
+        compile_dynamic=None if args.compile_shapes is None else args.compile_shapes == "dynamic",
         cpu_memory=args.cpu_memory,
         argv=["python -m norm_ext.bench"] + list(sys.argv[1:] if argv is None else argv),
     )

@@ -83,7 +83,7 @@ class OpSpec:
     activation_inputs: int  # activations read by the forward (x; x and residual)
     activation_outputs: int  # activations written by the forward (y; y and h)
     variants: Tuple[Variant, ...] = (Variant("default"),)
-    stateful: Tuple[str, ...] = ()  # inputs updated in place (running stats), restored before each check
+    stateful: Tuple[str, ...] = ()  # inputs updated in place (running stats): a copy per provider
 
 
 def _randn(shape, dtype, device, requires_grad=False, channels_last=False) -> Tensor:

@@ -9,13 +9,14 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 import norm_ext
 
+from .. import simt
 from . import cases as C
 from .providers import Provider, load_providers
 from .timing import time_calls
@@ -54,6 +55,7 @@ class Config:
     max_reps: int = 200
     warmup: int = 3
     use_graph: bool = True
+    compile_dynamic: bool | None = None  # torch.compile with dynamic shapes; None: the provider's default
     cpu_memory: str = "fresh"  # what the process does; the CLI's default "reused" calls timing.keep_freed_memory
     show_progress: bool = True
     argv: List[str] = field(default_factory=lambda: list(sys.argv))
@@ -87,7 +89,11 @@ class Progress:
 
 
 def norm_ext_commit() -> str:
+    """The checkout's commit; where the tree is a copy without git (a lent GPU machine), the commit that
+    the caller names in NORM_EXT_COMMIT."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.environ.get("NORM_EXT_COMMIT"):
+        return os.environ["NORM_EXT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
@@ -106,9 +112,16 @@ def norm_ext_commit() -> str:
         return "unknown"
 
 
+def tensor_device(device: str) -> str:
+    """Where a case's tensors live: the SIMT backend runs the CUDA kernels on CPU tensors."""
+    return "cpu" if device == "simt" else device
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
+    if device == "simt":
+        return f"SIMT host build of the CUDA kernels on {device_name('cpu')}"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -130,6 +143,7 @@ def metadata(config: Config) -> Dict[str, object]:
         "logical_cpus": os.cpu_count(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
+        "torch_compile_shapes": _compile_shapes(config),
         "norm_ext_commit": norm_ext_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(config.argv),
@@ -150,23 +164,29 @@ def _max_rel_error(actual: Tensor, expected: Tensor) -> float:
 
 
 class _Runner:
-    """Closures for one case and provider: the forward, the backward of a stored forward, and both."""
+    """Closures for one case and provider: the forward, the backward of a stored forward, and both,
+    each inside the provider's context (the SIMT backend's must hold for the backward too)."""
 
-    def __init__(self, case: C.Case, fn: Callable, grad_out: Tensor) -> None:
-        self.case, self.fn, self.grad_out = case, fn, grad_out
+    def __init__(self, case: C.Case, fn: Callable, grad_out: Tensor, context: Callable[[], ContextManager]) -> None:
+        self.case, self.fn, self.grad_out, self.context = case, fn, grad_out, context
         self.spec = C.OPS[case.op]
+        # A stored forward may have saved the running stats (torch's batch_norm does): another
+        # provider's forward updating the shared ones in place would fail its backward.
+        self.inputs = {n: t.clone() if n in self.spec.stateful else t for n, t in case.inputs.items()}
         self.leaves = [case.inputs[n] for n in case.grad_names]
         self.stored = None
 
     def forward_no_grad(self):
-        with torch.no_grad():
-            return self.spec.call(self.fn, self.case.inputs)
+        with self.context(), torch.no_grad():
+            return self.spec.call(self.fn, self.inputs)
 
     def forward(self) -> Tensor:
-        return C.first_output(self.spec.call(self.fn, self.case.inputs))
+        with self.context():
+            return C.first_output(self.spec.call(self.fn, self.inputs))
 
     def backward_of(self, out: Tensor, retain: bool):
-        return torch.autograd.grad(out, self.leaves, self.grad_out, retain_graph=retain, allow_unused=True)
+        with self.context():
+            return torch.autograd.grad(out, self.leaves, self.grad_out, retain_graph=retain, allow_unused=True)
 
     def backward_stored(self):
         if self.stored is None:
@@ -283,7 +303,9 @@ def plan(config: Config, available_ops: Sequence[str]) -> List[Tuple[str, C.Vari
     for op in available_ops:
         for dtype_name in config.dtypes:
             dtype = C.DTYPES[dtype_name]
-            for shape in C.shapes_for(op, dtype, config.device, config.sizes, config.quick):
+            # The SIMT backend runs a kernel's threads one at a time: the quick sizes unless told.
+            quick = config.quick or config.device == "simt"
+            for shape in C.shapes_for(op, dtype, tensor_device(config.device), config.sizes, quick):
                 for variant in C.variants_for(op, shape):
                     items.append((op, variant, shape, dtype_name))
     return items
@@ -304,7 +326,10 @@ def run(
             raise ValueError(f"unknown op {name!r}; choose from {list(C.OPS)}")
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is visible")
-    providers = providers if providers is not None else load_providers(list(config.providers), config.device)
+    if config.device == "simt" and not simt.available():
+        raise ValueError(f"--device simt: {simt.unavailable_reason()}")
+    if providers is None:
+        providers = load_providers(list(config.providers), config.device, config.compile_dynamic)
     say = log or print
 
     meta = metadata(config)
@@ -332,7 +357,7 @@ def run(
     rows: List[Dict[str, object]] = []
     for op, variant, shape, dtype_name in items:
         torch.manual_seed(0)
-        case = C.make_case(op, variant, shape, C.DTYPES[dtype_name], config.device)
+        case = C.make_case(op, variant, shape, C.DTYPES[dtype_name], tensor_device(config.device))
         grad_out = _grad_out_for(case)
         check_case, check_grad_out = checkable_case(case)
         checked: Dict[Tuple[str, bool], Tuple[bool, float, str]] = {}
@@ -345,11 +370,11 @@ def run(
                 if skip:
                     rows.append(_row(case, pass_name, provider.name, "skipped", note=skip))
                     continue
-                runner = _Runner(case, provider.functions[op], grad_out)
+                runner = _Runner(case, provider.functions[op], grad_out, provider.context)
                 try:
                     key = (provider.name, pass_name != "fwd")
                     if key not in checked:
-                        check_runner = _Runner(check_case, provider.functions[op], check_grad_out)
+                        check_runner = _Runner(check_case, provider.functions[op], check_grad_out, provider.context)
                         checked[key] = check(check_case, check_runner, pass_name)
                     ok, worst, note = checked[key]
                     if not ok:
@@ -364,7 +389,7 @@ def run(
             if not timed:
                 continue
             timings = time_calls(
-                copy_fns(config.device, nbytes, C.activation_bytes(case)) + [fn for _, fn, _ in timed],
+                copy_fns(tensor_device(config.device), nbytes, C.activation_bytes(case)) + [fn for _, fn, _ in timed],
                 config.device,
                 bytes_moved=nbytes,
                 min_time_s=config.min_time_s,
@@ -396,6 +421,11 @@ def run(
         del case
     _add_speedups(rows)
     return meta, rows
+
+
+def _compile_shapes(config: Config) -> str:
+    dynamic = config.device != "cuda" if config.compile_dynamic is None else config.compile_dynamic
+    return "dynamic" if dynamic else "static"
 
 
 def _add_speedups(rows: List[Dict[str, object]]) -> None:

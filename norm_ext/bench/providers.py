@@ -8,9 +8,10 @@ an import error. None of them is a dependency of norm_ext.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, ContextManager, Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +21,15 @@ from .cases import NORM_EXT_FUNCTION, OPS
 
 @dataclass
 class Provider:
-    """``functions[op]`` computes ``op``; ``unavailable`` is why the provider cannot run at all."""
+    """``functions[op]`` computes ``op``; ``unavailable`` is why the provider cannot run at all. Its
+    calls, forward and backward, run inside ``context()``."""
 
     name: str
     functions: Dict[str, Callable] = field(default_factory=dict)
     unavailable: str | None = None
     cuda_only: bool = False
     op_notes: Dict[str, str] = field(default_factory=dict)
+    context: Callable[[], ContextManager] = contextlib.nullcontext
 
     def skip_reason(self, op: str, device: str) -> str | None:
         if self.unavailable:
@@ -73,11 +76,12 @@ def torch_eager(device: str) -> Provider:
     return Provider("torch", dict(TORCH_FUNCTIONS))
 
 
-def torch_compile(device: str) -> Provider:
-    # CUDA: static shapes, a compile per case, the best case for inductor. CPU: dynamic shapes, so a
-    # sweep compiles once per op, dtype and grad mode; a static compile costs 10-20 s per shape on a
-    # 2-core machine, which would dominate the default run.
-    compiled = {op: torch.compile(fn, dynamic=device == "cpu") for op, fn in TORCH_FUNCTIONS.items()}
+def torch_compile(device: str, dynamic: bool | None = None) -> Provider:
+    # Default on CUDA: static shapes, a compile per case, the best case for inductor. On a CPU: dynamic
+    # shapes, so a sweep compiles once per op, dtype and grad mode; a static compile costs 10-20 s per
+    # shape on a 2-core machine, which would dominate the default run.
+    dynamic = device != "cuda" if dynamic is None else dynamic
+    compiled = {op: torch.compile(fn, dynamic=dynamic) for op, fn in TORCH_FUNCTIONS.items()}
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     # The bwd pass replays the backward of one stored forward (retain_graph=True), which inductor's
     # donated buffers forbid; they only save memory, not time.
@@ -100,6 +104,10 @@ def norm_ext_provider(device: str) -> Provider:
             notes[op] = f"norm_ext.functional.{fn_name} is not in this build"
         else:
             functions[op] = fn
+    if device == "simt":
+        from .. import simt
+
+        return Provider("norm_ext", functions, op_notes=notes, context=simt.serving)
     return Provider("norm_ext", functions, op_notes=notes)
 
 
@@ -214,11 +222,14 @@ PROVIDER_FACTORIES: Dict[str, Callable[[str], Provider]] = {
 }
 
 
-def load_providers(names: List[str], device: str) -> List[Provider]:
+def load_providers(names: List[str], device: str, compile_dynamic: bool | None = None) -> List[Provider]:
+    """The named providers for ``device`` (cpu, cuda, or simt: norm_ext's CUDA kernels on the SIMT
+    backend, everything else on the CPU); ``compile_dynamic`` overrides torch.compile's default."""
     unknown = [n for n in names if n not in PROVIDER_FACTORIES]
     if unknown:
         raise ValueError(f"unknown provider(s) {unknown}; choose from {list(PROVIDER_FACTORIES)}")
-    return [PROVIDER_FACTORIES[n](device) for n in names]
+    return [torch_compile(device, compile_dynamic) if n == "torch.compile" else PROVIDER_FACTORIES[n](device)
+            for n in names]  # fmt: skip
 
 
 def known_ops() -> List[str]:
