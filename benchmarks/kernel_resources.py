@@ -75,7 +75,11 @@ def extension_path() -> str:
 
 
 def _dump(cuobjdump: str, flag: str, binary: str) -> str:
-    return subprocess.run([cuobjdump, flag, binary], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([cuobjdump, flag, binary], capture_output=True, text=True)
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"cuobjdump {flag} {binary} failed ({detail}): is it a build with NORM_EXT_CUDA=1?")
+    return done.stdout
 
 
 def parse_res_usage(text: str) -> Dict[str, Dict[str, int]]:

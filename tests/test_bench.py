@@ -76,6 +76,21 @@ def test_torch_compile_provider(tmp_path):
                           "norm_ext,torch,torch.compile", "--no-plots")  # fmt: skip
     statuses = {r["provider"]: r["status"] for r in data["results"]}
     assert statuses == {"norm_ext": "ok", "torch": "ok", "torch.compile": "ok"}
+    assert data["meta"]["torch_compile_shapes"] == "dynamic"  # the CPU default
+
+
+def test_compile_shapes_choice_reaches_torch_compile(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: seen.append(dynamic) or fn)
+    for flag, expected in ((None, True), ("static", False), ("dynamic", True)):
+        seen.clear()
+        config = Config(ops=["rms_norm"], dtypes=["fp32"], sizes=[(4, 32)], passes=["fwd"], max_reps=1, warmup=0,
+                        min_time_s=0, show_progress=False, providers=["torch.compile"],
+                        compile_dynamic=None if flag is None else flag == "dynamic")  # fmt: skip
+        meta, rows = run(config, log=lambda message: None)
+        assert seen and set(seen) == {expected}, (flag, seen)
+        assert meta["torch_compile_shapes"] == ("dynamic" if expected else "static")
+        assert [r["status"] for r in rows] == ["ok"]
 
 
 def test_stored_backward_survives_another_providers_running_stats_update(tmp_path):

@@ -18,7 +18,7 @@ import norm_ext
 
 from .. import simt
 from . import cases as C
-from .providers import Provider, load_providers
+from .providers import Provider, compile_is_dynamic, load_providers
 from .timing import time_calls
 
 # Largest allowed error, relative to max(1, max |reference|), per dtype: (output, gradients).
@@ -143,7 +143,7 @@ def metadata(config: Config) -> Dict[str, object]:
         "logical_cpus": os.cpu_count(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
-        "torch_compile_shapes": _compile_shapes(config),
+        "torch_compile_shapes": "dynamic" if compile_is_dynamic(config.device, config.compile_dynamic) else "static",
         "norm_ext_commit": norm_ext_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(config.argv),
@@ -421,11 +421,6 @@ def run(
         del case
     _add_speedups(rows)
     return meta, rows
-
-
-def _compile_shapes(config: Config) -> str:
-    dynamic = config.device != "cuda" if config.compile_dynamic is None else config.compile_dynamic
-    return "dynamic" if dynamic else "static"
 
 
 def _add_speedups(rows: List[Dict[str, object]]) -> None:

@@ -76,11 +76,16 @@ def torch_eager(device: str) -> Provider:
     return Provider("torch", dict(TORCH_FUNCTIONS))
 
 
+def compile_is_dynamic(device: str, dynamic: bool | None = None) -> bool:
+    """Whether torch.compile traces dynamic shapes: ``dynamic``, else the default for ``device``. On CUDA:
+    static shapes, a compile per case, the best case for inductor. On a CPU: dynamic shapes, so a sweep
+    compiles once per op, dtype and grad mode; a static compile costs 10-20 s per shape on a 2-core
+    machine, which would dominate the default run."""
+    return device != "cuda" if dynamic is None else dynamic
+
+
 def torch_compile(device: str, dynamic: bool | None = None) -> Provider:
-    # Default on CUDA: static shapes, a compile per case, the best case for inductor. On a CPU: dynamic
-    # shapes, so a sweep compiles once per op, dtype and grad mode; a static compile costs 10-20 s per
-    # shape on a 2-core machine, which would dominate the default run.
-    dynamic = device != "cuda" if dynamic is None else dynamic
+    dynamic = compile_is_dynamic(device, dynamic)
     compiled = {op: torch.compile(fn, dynamic=dynamic) for op, fn in TORCH_FUNCTIONS.items()}
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     # The bwd pass replays the backward of one stored forward (retain_graph=True), which inductor's
