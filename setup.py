@@ -102,7 +102,9 @@ CHECKED_SIMT_FLAGS = [
 def _simt_extension(request):
     """norm_ext._simt: the kernels of csrc/cuda compiled for the host (no CUDA toolkit needed)."""
     sources = sorted(glob.glob("csrc/simt/*.cpp"))
-    flags = ["-DNORM_EXT_SIMT"]
+    # std::source_location names the kernel line of a failed check. torch picks -std=c++17 where the
+    # flags name none (2.11 does; 2.14 picks C++20, which its headers need), so name it here.
+    flags = ["-std=c++20", "-DNORM_EXT_SIMT"]
     flags += CHECKED_SIMT_FLAGS if request == "checked" else ["-O2"]
     ext = CppExtension(
         "norm_ext._simt",

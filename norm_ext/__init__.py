@@ -6,6 +6,11 @@ torch.compile, and an autograd formula whose backward is itself an op.
 
 import torch
 
+# The oldest torch that CI builds and tests against (pyproject.toml); older ones fail in torch.compile
+# and in their handling of subnormal outputs.
+if torch.__version__ < "2.6":
+    raise ImportError(f"norm_ext needs torch 2.6 or newer (pyproject.toml); this is torch {torch.__version__}")
+
 from . import (
     _C,  # loads the shared library, which registers the ops; must come first
     distributed,

@@ -76,6 +76,16 @@ def torch_eager(device: str) -> Provider:
     return Provider("torch", dict(TORCH_FUNCTIONS))
 
 
+def _python_frame(fn: Callable) -> Callable:
+    """``fn`` called from a Python function: torch 2.6's dynamo cannot take a torch function such as
+    F.layer_norm as the frame it compiles (an assertion in its trace rules); 2.11 and 2.14 can."""
+
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return call
+
+
 def compile_is_dynamic(device: str, dynamic: bool | None = None) -> bool:
     """Whether torch.compile traces dynamic shapes: ``dynamic``, else the default for ``device``. On CUDA:
     static shapes, a compile per case, the best case for inductor. On a CPU: dynamic shapes, so a sweep
@@ -86,11 +96,12 @@ def compile_is_dynamic(device: str, dynamic: bool | None = None) -> bool:
 
 def torch_compile(device: str, dynamic: bool | None = None) -> Provider:
     dynamic = compile_is_dynamic(device, dynamic)
-    compiled = {op: torch.compile(fn, dynamic=dynamic) for op, fn in TORCH_FUNCTIONS.items()}
+    compiled = {op: torch.compile(_python_frame(fn), dynamic=dynamic) for op, fn in TORCH_FUNCTIONS.items()}
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     # The bwd pass replays the backward of one stored forward (retain_graph=True), which inductor's
-    # donated buffers forbid; they only save memory, not time.
-    torch._functorch.config.donated_buffer = False
+    # donated buffers forbid; they only save memory, not time (older torch has none).
+    if hasattr(torch._functorch.config, "donated_buffer"):
+        torch._functorch.config.donated_buffer = False
     return Provider("torch.compile", compiled)
 
 
