@@ -6,8 +6,8 @@ torch.compile, and an autograd formula whose backward is itself an op.
 
 import torch
 
-# The oldest torch that CI builds and tests against (pyproject.toml); older ones fail in torch.compile
-# and in their handling of subnormal outputs.
+# The oldest torch that CI builds and tests against (pyproject.toml). 2.4.1 failed the tests (bf16
+# subnormal outputs flushed to zero on the CPU, DDP with torch.compile); 2.5 was not tried.
 if torch.__version__ < "2.6":
     raise ImportError(f"norm_ext needs torch 2.6 or newer (pyproject.toml); this is torch {torch.__version__}")
 
