@@ -9,8 +9,9 @@ triton ships with torch.
 
 Occupancy counts registers (allocated per warp in units of 256) and static shared memory (plus the 1 KB
 the hardware reserves per block); the dynamic shared memory of a launch is not in the binary and not
-counted. Kernels without ``__launch_bounds__`` take their block size from the plans (csrc/plans/) at run
-time; their occupancy is left blank.
+counted. Kernels without ``__launch_bounds__`` launch with the fixed block size of their plan
+(csrc/plans/, LAUNCH_THREADS below); the kernels bounded by ``__launch_bounds__`` (the row norms) are
+reported at that bound, the largest block their plans launch.
 """
 
 import argparse
@@ -32,6 +33,33 @@ MAX_BLOCKS_PER_SM = 32
 SHARED_PER_SM = 228 * 1024
 SHARED_RESERVED_PER_BLOCK = 1024
 
+# Threads per block of the kernels without __launch_bounds__, as their plans launch them.
+LAUNCH_THREADS = {
+    # plans/batch_norm.h: kBnThreads (a 2-D block of 256 in the channels-last and narrow mappings)
+    "reduce_channels_first_kernel": 256,
+    "reduce_channels_last_kernel": 256,
+    "merge_partials_kernel": 256,
+    "affine_channels_first_kernel": 256,
+    "affine_channels_last_kernel": 256,
+    # plans/group_norm.h: kGnThreads
+    "group_stats_kernel": 256,
+    "group_norm_apply_kernel": 256,
+    "group_norm_backward_reduce_kernel": 256,
+    "group_norm_grad_input_kernel": 256,
+    # plans/power_norm.h: kPnLanes x kPnRows, kPnThreads
+    "power_norm_stats_kernel": 256,
+    "power_norm_backward_kernel": 256,
+    "power_norm_forward_kernel": 256,
+    "sum_partials_kernel": 256,
+    "power_norm_backward_finalize_kernel": 256,
+    # plans/weight_norm.h: kWnThreads
+    "weight_norm_partial_kernel": 512,
+    "weight_norm_scale_kernel": 512,
+    "weight_norm_grad_kernel": 512,
+    # plans/row_norm.h: kRowReduceCols x kRowReduceSplits
+    "reduce_param_grad_partials": 256,
+}
+
 
 @dataclass
 class KernelResources:
@@ -47,8 +75,9 @@ class KernelResources:
     generic_loads: int  # LD: reads through a generic address (map_shared_rank's peer shared memory)
     cluster_barriers: int  # UCGABAR_ARV (cluster.sync's arrive)
     max_threads: Optional[int]  # __launch_bounds__
+    launch_threads: Optional[int]  # the bound, or the plan's block size (LAUNCH_THREADS)
     blocks_per_sm: Optional[int]
-    occupancy: Optional[float]  # resident threads / 2048
+    occupancy: Optional[float]  # resident threads / 2048, at launch_threads
 
 
 def find_cuobjdump() -> str:
@@ -139,6 +168,11 @@ def blocks_per_sm(registers: int, static_shared: int, threads: int) -> int:
     return min(by_registers, by_shared, by_threads, MAX_BLOCKS_PER_SM)
 
 
+def base_name(kernel: str) -> str:
+    """A kernel's name without template arguments or namespace."""
+    return kernel.split("<")[0].split("::")[-1]
+
+
 def count(opcodes: Counter, pattern: str) -> int:
     return sum(n for op, n in opcodes.items() if re.fullmatch(pattern, op))
 
@@ -152,11 +186,12 @@ def kernel_resources(binary: str) -> List[KernelResources]:
     rows = []
     for mangled, u in usage.items():
         ops = sass.get(mangled, Counter())
-        threads = bounds.get(mangled)
+        kernel = names[mangled].replace("norm_ext::cuda_backend::", "")
+        threads = bounds.get(mangled) or LAUNCH_THREADS.get(base_name(kernel))
         blocks = blocks_per_sm(u["reg"], u["shared"], threads) if threads else None
         rows.append(
             KernelResources(
-                kernel=names[mangled].replace("norm_ext::cuda_backend::", ""),
+                kernel=kernel,
                 registers=u["reg"],
                 stack=u["stack"],
                 static_shared=u["shared"],
@@ -167,7 +202,8 @@ def kernel_resources(binary: str) -> List[KernelResources]:
                 global_accesses=count(ops, r"(LDG|STG)(\..*)?"),
                 generic_loads=count(ops, r"LD(\..*)?"),
                 cluster_barriers=count(ops, r"UCGABAR_ARV"),
-                max_threads=threads,
+                max_threads=bounds.get(mangled),
+                launch_threads=threads,
                 blocks_per_sm=blocks,
                 occupancy=None if blocks is None else blocks * threads / MAX_THREADS_PER_SM,
             )
@@ -182,13 +218,14 @@ def write(rows: List[KernelResources], out: str, binary: str) -> None:
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
     columns = ["kernel", "regs", "stack", "static smem", "spills (LDL+STL)", "LDG.128", "STG.128", "LDG+STG"]
-    columns += ["LD (DSMEM)", "cluster barriers", "max threads", "blocks/SM", "occupancy"]
+    columns += ["LD (DSMEM)", "cluster barriers", "max threads", "launch threads", "blocks/SM", "occupancy"]
     header = "| " + " | ".join(columns) + " |"
     lines = [
         "# Kernel resources, sm_90",
         "",
         f"From `{os.path.basename(binary)}` by `python benchmarks/kernel_resources.py`; occupancy on an H200 at",
-        "the kernel's `__launch_bounds__` (blank: the plan picks the block size at run time).",
+        "the block size the kernel launches with: its `__launch_bounds__` (max threads), else its plan's.",
+        "The occupancy budget of each family, and why: tests/test_kernel_resources.py.",
         "",
         header,
         "|" + "---|" * len(columns),
@@ -198,7 +235,8 @@ def write(rows: List[KernelResources], out: str, binary: str) -> None:
         lines.append(
             f"| `{r.kernel}` | {r.registers} | {r.stack} | {r.static_shared} | {r.spill_instructions} | "
             f"{r.global_loads_128} | {r.global_stores_128} | {r.global_accesses} | {r.generic_loads} | "
-            f"{r.cluster_barriers} | {r.max_threads or ''} | {r.blocks_per_sm or ''} | {occupancy} |"
+            f"{r.cluster_barriers} | {r.max_threads or ''} | {r.launch_threads or ''} | {r.blocks_per_sm or ''} | "
+            f"{occupancy} |"
         )
     with open(os.path.join(out, "resources.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

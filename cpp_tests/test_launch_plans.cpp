@@ -98,6 +98,19 @@ void test_row_norm_forward_paths() {
     CHECK_EQ(p.cluster, c.cluster);
     CHECK_EQ(p.grid % p.cluster, 0);
   }
+  // Rows of fewer than 32 vectors take a power-of-two slice of a warp: more than half its lanes work.
+  CHECK_EQ(plan_row_norm_fwd(1000, 256, vec, d, model_clusters).threads_per_row, 32);
+  CHECK_EQ(plan_row_norm_fwd(1000, 8, vec, d, model_clusters).threads_per_row, 1);
+  CHECK_EQ(plan_row_norm_fwd(1000, 24, vec, d, model_clusters).threads_per_row, 4);
+  const RowNormFwdPlan narrow = plan_row_norm_fwd(8192, 1, 1, d, model_clusters);
+  CHECK_EQ(narrow.threads_per_row, 1);
+  CHECK_EQ(narrow.grid, 8192 / kRowWarpModeFwdThreads);
+  for (int64_t nvec = 1; nvec <= 32; ++nvec) {
+    const RowNormFwdPlan p = plan_row_norm_fwd(1000, nvec * vec, vec, d, model_clusters);
+    CHECK(2 * nvec > p.threads_per_row);
+    const RowNormBwdPlan b = plan_row_norm_bwd(1000, nvec * vec, vec, 4, d, model_blocks_per_sm, model_clusters);
+    CHECK_EQ(b.threads_per_row, p.threads_per_row);
+  }
   // A 2-block cluster never fits where one block does not: the plans start at 4.
   CHECK_EQ(kRowClusterShapes[0].blocks, 4);
   CHECK(plan_row_norm_fwd(1000, 4096 * 8 + 8, 8, d, model_clusters).cluster == 4);
@@ -184,19 +197,51 @@ void test_batch_norm_plans() {
   const BnReducePlan first = plan_bn_reduce({false, 32, 128, 56 * 56}, d);
   CHECK_EQ(first.grid[1], 128);
   CHECK(first.splits >= 1 && first.grid[0] == first.splits);
-  CHECK_EQ(plan_bn_reduce({false, 2, 100000, 4}, d).grid[1], d.max_grid[1]);
+  CHECK_EQ(plan_bn_reduce({false, 2, 100000, 4}, d).grid[1], 100000 / 32);
+  CHECK_EQ(plan_bn_reduce({false, 2, 100000, 4}, d).block[0], 8);
+  CHECK_EQ(plan_bn_reduce({false, 64, 4000000, 4}, d).grid[1], d.max_grid[1]);
+  // Channels of fewer than 256 values share a block: 8 x 16 = 128 values, two channels a block.
+  const BnReducePlan short_channels = plan_bn_reduce({false, 8, 2048, 16}, d);
+  CHECK_EQ(short_channels.block[0], 128);
+  CHECK_EQ(short_channels.block[1], 2);
+  CHECK_EQ(short_channels.grid[1], 1024);
   // Channels-last: 32 channels per block, splits over rows on y.
   const BnReducePlan last = plan_bn_reduce({true, 32 * 56 * 56, 128, 1}, d);
   CHECK_EQ(last.grid[0], 4);
   CHECK_EQ(last.block[0], kBnColumns);
   CHECK(last.splits <= d.max_grid[1]);
   CHECK_EQ(plan_bn_reduce({true, int64_t{1} << 40, 128, 1}, d).grid[1], d.sm_count * 8 / 4);
+  // Fewer than 32 channels: a block row narrows to the next power of two, rows fill the block.
+  const BnReducePlan one = plan_bn_reduce({true, 1 << 20, 1, 1}, d);
+  CHECK_EQ(one.block[0], 1);
+  CHECK_EQ(one.block[1], kBnThreads);
+  const BnReducePlan three = plan_bn_reduce({true, 1 << 20, 3, 1}, d);
+  CHECK_EQ(three.block[0], 4);
+  CHECK_EQ(three.block[1], kBnThreads / 4);
+  CHECK_EQ(plan_bn_reduce({true, 1 << 20, 17, 1}, d).block[0], kBnColumns);
+  for (int64_t c = 1; c <= 130; ++c) {
+    const int64_t columns = bn_columns(c);
+    CHECK(2 * c > ceil_div(c, columns) * columns);  // more than half the lanes have a channel
+  }
 
-  // Element-wise: planes beyond 65535 are strided over on y; chunks per plane capped on x.
-  const BnAffinePlan affine = plan_bn_affine({false, 1 << 20, 64, 49}, 4, d);
+  // Element-wise: a block covers several small planes (7 x 7: 64 lanes each, 49 of them working);
+  // planes beyond the grid are strided over on y; chunks per plane capped on x.
+  const BnAffinePlan affine = plan_bn_affine({false, 1 << 20, 64, 49}, 1, d);
+  CHECK_EQ(affine.block[0], 64);
+  CHECK_EQ(affine.block[1], kBnThreads / 64);
+  CHECK_EQ(affine.grid[0], 1);
   CHECK_EQ(affine.grid[1], d.max_grid[1]);
+  const BnAffinePlan wide = plan_bn_affine({false, 8, 64, 56 * 56}, 8, d);
+  CHECK_EQ(wide.block[0], kBnThreads);
+  CHECK_EQ(wide.grid[0], 2);
+  CHECK_EQ(wide.grid[1], 8 * 64);
   CHECK(within_limits(affine.grid));
-  CHECK_EQ(plan_bn_affine({false, 1, 1, int64_t{1} << 40}, 8, d).grid[0], kBnMaxInnerBlocks);
+  // Past a few blocks per SM a thread walks more of its plane, or more rows.
+  CHECK_EQ(plan_bn_affine({false, 1, 1, int64_t{1} << 40}, 8, d).grid[0], 4 * d.sm_count);
+  CHECK_EQ(plan_bn_affine({false, 1, 1, int64_t{1} << 40}, 8, d).block[0], kBnThreads);
+  const BnAffinePlan rows = plan_bn_affine({true, 1 << 20, 16, 1}, 1, d);
+  CHECK_EQ(rows.grid[0], 1);
+  CHECK_EQ(rows.grid[1], 4 * d.sm_count);
   CHECK(within_limits(plan_bn_affine({true, int64_t{1} << 40, 3, 1}, 1, d).grid));
 }
 
@@ -212,12 +257,25 @@ void test_group_norm_plans() {
   // Many groups: one chunk each.
   const GroupNormPlan many = plan_group_norm(64, 512, 32 * 32, 32, false, false, d);
   CHECK_EQ(many.chunks, 1);
+  CHECK_EQ(many.items, 64 * 32);
+  CHECK_EQ(many.segment, kGnThreads);
   CHECK_EQ(many.group_blocks, 64 * 32);
+  // Groups shorter than a block share one: 49 values take segments of 64 threads, four per block.
+  const GroupNormPlan small = plan_group_norm(32, 128, 7 * 7, 128, false, true, d);
+  CHECK_EQ(small.segment, 64);
+  CHECK_EQ(small.group_blocks, 32 * 128 / 4);
+  CHECK_EQ(plan_group_norm(8, 4, 1, 4, false, false, d).segment, 1);
+  CHECK_EQ(plan_group_norm(8, 4, 3, 4, false, false, d).segment, 4);
+  for (int64_t len = 1; len <= 300; ++len) {
+    const GroupNormPlan p = plan_group_norm(2, 1, len, 1, false, false, d);
+    CHECK(2 * std::min(len, p.segment) > p.segment);  // more than half the segment has a value
+  }
   CHECK_EQ(many.channel_blocks, 0);
   // Channels-last parameter gradients: 32 channels per block.
   CHECK_EQ(plan_group_norm(2, 65, 100, 5, true, true, d).channel_blocks, 3);
   // More (sample, group) pairs than a grid holds: the kernels stride, the grid is capped.
-  const GroupNormPlan huge = plan_group_norm(int64_t{1} << 20, int64_t{1} << 12, 1, int64_t{1} << 12, false, true, d);
+  const GroupNormPlan huge = plan_group_norm(int64_t{1} << 20, int64_t{1} << 12, 256, int64_t{1} << 12, false, true, d);
+  CHECK_EQ(huge.segment, kGnThreads);
   CHECK(huge.group_blocks > d.max_grid[0]);
   CHECK_EQ(huge.grid, d.max_grid[0]);
   CHECK_EQ(huge.backward_grid, d.max_grid[0]);
@@ -234,8 +292,17 @@ void test_power_and_weight_norm_plans() {
   CHECK(big.token_blocks <= kPnMaxTokenBlocks);
   CHECK(within_limits(big.reduce_grid));
   CHECK_EQ(big.forward_grid, d.sm_count * 8);
-  CHECK_EQ(plan_weight_norm_grid(16, d), 16);
-  CHECK_EQ(plan_weight_norm_grid(int64_t{3} << 30, d), d.max_grid[0]);
+  // Many slices: one block each. Few large slices (dim=None: one): chunks fill the GPU.
+  const WeightNormPlan rows = plan_weight_norm(4096, 4096, d);
+  CHECK_EQ(rows.chunks, 1);
+  CHECK_EQ(rows.grid, 4096);
+  const WeightNormPlan whole = plan_weight_norm(1, 4096 * 4096, d);
+  CHECK_EQ(whole.chunks, std::min<int64_t>(4 * d.sm_count, kWnMaxChunks));
+  CHECK(whole.chunks >= d.sm_count);
+  CHECK(whole.chunks * whole.chunk_len >= 4096 * 4096 && whole.grid == whole.chunks);
+  CHECK_EQ(plan_weight_norm(1, 1000, d).chunks, 1);
+  CHECK(plan_weight_norm(1, int64_t{1} << 40, d).chunks <= kWnMaxChunks);
+  CHECK_EQ(plan_weight_norm(int64_t{3} << 30, 8, d).grid, d.max_grid[0]);
 }
 
 // ----- launch checks and occupancy -------------------------------------------------------------------

@@ -143,6 +143,26 @@ class Launch:
     dynamic_smem: int
     static_smem: int
     threads: int  # threads that ran
+    # Threads that had global memory of their own: wrote a byte, or read a byte that at most one other
+    # thread read (values many threads read, such as per-channel coefficients, are nobody's work). The
+    # lanes that did the launch's work; the checked build counts them, the plain build does not see
+    # the accesses (None).
+    threads_working: Optional[int]
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    @property
+    def threads_per_block(self) -> int:
+        return self.block[0] * self.block[1] * self.block[2]
+
+    @property
+    def working_fraction(self) -> Optional[float]:
+        """The fraction of the launched threads that did work (checked build; None otherwise)."""
+        if self.threads_working is None or self.threads == 0:
+            return None
+        return self.threads_working / self.threads
 
     @property
     def name(self) -> str:
@@ -162,7 +182,9 @@ def launch_log() -> Iterator[List[Launch]]:
     try:
         yield launches
     finally:
-        launches.extend(Launch(*record) for record in module.take_launch_log())
+        for record in module.take_launch_log():
+            working = record[-1]
+            launches.append(Launch(*record[:-1], threads_working=None if working < 0 else working))
         module.set_launch_log(False)
 
 

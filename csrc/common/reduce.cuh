@@ -74,6 +74,22 @@ __device__ __forceinline__ T warp_allreduce(T v, Op op) {
   return v;
 }
 
+// The butterfly steps of warp_allreduce for lane masks first, 2 * first, ... below `end` (powers of
+// two <= 32): with (1, w), an all-reduce over aligned groups of w lanes; with (w, 32), over the lanes
+// of the warp that sit at the same position of their group.
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_allreduce_masks(T v, Op op, int first, int end) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+#pragma unroll
+  for (int mask = 1; mask < kWarpSize; mask <<= 1) {
+    if (mask >= first && mask < end) {
+      const T other = shfl_xor(v, mask);
+      v = (lane & mask) ? op(other, v) : op(v, other);
+    }
+  }
+  return v;
+}
+
 // All-reduce over the whole block. Requires a 1-D block whose size is a multiple of 32, called by
 // every thread. `slots` is shared memory of kBlockReduceSlots elements. Back-to-back calls may reuse
 // the same slots: partials and the result live in different slots, and a call's first barrier is

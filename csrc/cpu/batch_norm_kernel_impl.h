@@ -292,7 +292,6 @@ void backward_reduce_channels_last(const in_t* dy, const in_t* x, const bool* pa
                                    const at::opmath_type<in_t>* mean, at::opmath_type<in_t>* sum_dy_out,
                                    at::opmath_type<in_t>* sum_dy_xmu_out) {
   using acc_t = at::opmath_type<in_t>;
-  using Vec = Vectorized<acc_t>;
   constexpr int64_t kStep = kPairLanes<acc_t>;
   const int64_t rows = v.outer, C = v.channels;
   const int64_t nb = row_blocks(rows, C);

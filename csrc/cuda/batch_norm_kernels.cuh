@@ -7,6 +7,7 @@
 #include <ATen/OpMathType.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/vec.h"
 #include "common/welford.h"
@@ -16,8 +17,6 @@
 namespace norm_ext {
 inline namespace NORM_EXT_GPU_NAMESPACE {
 
-using plans::kBnColumns;
-using plans::kBnRowsPerBlock;
 using plans::kBnThreads;
 
 template <typename in_t>
@@ -78,20 +77,32 @@ struct GradReducer {
 
 // ----- reduction kernels ---------------------------------------------------------------------------
 
+// Four 256-thread blocks per SM (64 registers) keep half the SM's warps streaming loads; fp64 states
+// take two. The compiler otherwise settles at 66 registers, three blocks.
 template <typename Reducer>
-__global__ void reduce_channels_first_kernel(Reducer red, typename Reducer::State* partial, int64_t n, int64_t channels,
-                                             int64_t inner) {
+inline constexpr int kBnReduceMinBlocks = std::is_same_v<typename Reducer::acc_t, double> ? 2 : 4;
+
+// Block (x over a channel's values, y over channels), see plans::plan_bn_reduce; blockDim.x is a
+// power of two.
+template <typename Reducer>
+__global__ void __launch_bounds__(kBnThreads, kBnReduceMinBlocks<Reducer>)
+    reduce_channels_first_kernel(Reducer red, typename Reducer::State* partial, int64_t n, int64_t channels,
+                                 int64_t inner) {
   using State = typename Reducer::State;
   NORM_EXT_SHARED(State, shared, [kBnThreads]);
   const int64_t splits = gridDim.x;
   const int64_t total = n * inner;
   const int64_t stride = splits * blockDim.x;
   const int64_t stride_planes = stride / inner, stride_rem = stride % inner;
-  for (int64_t c = blockIdx.y; c < channels; c += gridDim.y) {
+  const int slot = threadIdx.y * blockDim.x + threadIdx.x;
+  // The loop runs while the block's first channel exists, so that every thread reaches the barriers.
+  for (int64_t first = static_cast<int64_t>(blockIdx.y) * blockDim.y; first < channels;
+       first += static_cast<int64_t>(gridDim.y) * blockDim.y) {
+    const int64_t c = first + threadIdx.y;
     State s = red.identity();
     const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     int64_t plane = start / inner, i = start % inner;
-    for (int64_t j = start; j < total; j += stride) {
+    for (int64_t j = start; c < channels && j < total; j += stride) {
       red.add(s, (plane * channels + c) * inner + i, c);
       plane += stride_planes;
       i += stride_rem;
@@ -100,42 +111,44 @@ __global__ void reduce_channels_first_kernel(Reducer red, typename Reducer::Stat
         ++plane;
       }
     }
-    shared[threadIdx.x] = s;
+    shared[slot] = s;
     __syncthreads();
-    for (int width = kBnThreads / 2; width > 0; width >>= 1) {
-      if (threadIdx.x < width) shared[threadIdx.x] = Reducer::combine(shared[threadIdx.x], shared[threadIdx.x + width]);
+    for (int width = blockDim.x / 2; width > 0; width >>= 1) {
+      if (static_cast<int>(threadIdx.x) < width) shared[slot] = Reducer::combine(shared[slot], shared[slot + width]);
       __syncthreads();
     }
-    if (threadIdx.x == 0) partial[c * splits + blockIdx.x] = shared[0];
+    if (threadIdx.x == 0 && c < channels) partial[c * splits + blockIdx.x] = shared[slot];
     __syncthreads();
   }
 }
 
+// Block (columns, rows per block) of plans::bn_columns; the rows of a block are folded by a tree over
+// threadIdx.y, a power of two.
 template <typename Reducer>
 __global__ void reduce_channels_last_kernel(Reducer red, typename Reducer::State* partial, const bool* pad,
                                             int64_t rows, int64_t channels) {
   using State = typename Reducer::State;
-  NORM_EXT_SHARED(State, shared, [kBnRowsPerBlock][kBnColumns]);
+  NORM_EXT_SHARED(State, shared, [kBnThreads]);
   const int64_t splits = gridDim.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBnColumns + threadIdx.x;
+  const int columns = blockDim.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * columns + threadIdx.x;
+  const int64_t row_stride = splits * blockDim.y;
   State s = red.identity();
   if (c < channels) {
-    for (int64_t r = static_cast<int64_t>(blockIdx.y) * kBnRowsPerBlock + threadIdx.y; r < rows;
-         r += splits * kBnRowsPerBlock) {
+    for (int64_t r = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; r < rows; r += row_stride) {
       if (pad != nullptr && pad[r]) continue;
       red.add(s, r * channels + c, c);
     }
   }
-  shared[threadIdx.y][threadIdx.x] = s;
+  const int slot = threadIdx.y * columns + threadIdx.x;
+  shared[slot] = s;
   __syncthreads();
-  for (int height = kBnRowsPerBlock / 2; height > 0; height >>= 1) {
-    if (threadIdx.y < height) {
-      shared[threadIdx.y][threadIdx.x] =
-          Reducer::combine(shared[threadIdx.y][threadIdx.x], shared[threadIdx.y + height][threadIdx.x]);
-    }
+  for (int height = blockDim.y / 2; height > 0; height >>= 1) {
+    if (static_cast<int>(threadIdx.y) < height)
+      shared[slot] = Reducer::combine(shared[slot], shared[slot + height * columns]);
     __syncthreads();
   }
-  if (threadIdx.y == 0 && c < channels) partial[c * splits + blockIdx.y] = shared[0][threadIdx.x];
+  if (threadIdx.y == 0 && c < channels) partial[c * splits + blockIdx.y] = shared[threadIdx.x];
 }
 
 template <typename Reducer>
@@ -167,14 +180,16 @@ __device__ __forceinline__ in_t affine_value(const in_t* x, const in_t* dy, int6
   return static_cast<in_t>(r);
 }
 
-// Each thread handles kVec consecutive values of a plane with 128-bit loads and stores when every
-// plane starts 16-byte aligned (aligned base pointers and inner % kVec == 0); kVec = 1 otherwise.
+// Block (x over a plane's chunks of kVec values, y over planes), see plans::plan_bn_affine. Each
+// thread handles kVec consecutive values of a plane with 128-bit loads and stores when every plane
+// starts 16-byte aligned (aligned base pointers and inner % kVec == 0); kVec = 1 otherwise.
 template <typename in_t, int kVec>
 __global__ void affine_channels_first_kernel(const in_t* x, const in_t* dy, in_t* out, AffineCoefs<acc_type<in_t>> k,
                                              int64_t planes, int64_t channels, int64_t inner) {
   using acc_t = acc_type<in_t>;
   const int64_t chunks = inner / kVec;
-  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+  for (int64_t plane = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; plane < planes;
+       plane += static_cast<int64_t>(gridDim.y) * blockDim.y) {
     const int64_t c = plane % channels;
     const acc_t m = k.mean[c], s = k.scale[c], t = k.shift[c], a = dy != nullptr ? k.dy_scale[c] : acc_t(0);
     const int64_t base = plane * inner;
@@ -200,11 +215,11 @@ template <typename in_t>
 __global__ void affine_channels_last_kernel(const in_t* x, const in_t* dy, const bool* pad, in_t* out,
                                             AffineCoefs<acc_type<in_t>> k, int64_t rows, int64_t channels) {
   using acc_t = acc_type<in_t>;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBnColumns + threadIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
   const acc_t m = k.mean[c], s = k.scale[c], t = k.shift[c], a = dy != nullptr ? k.dy_scale[c] : acc_t(0);
-  for (int64_t r = static_cast<int64_t>(blockIdx.y) * kBnRowsPerBlock + threadIdx.y; r < rows;
-       r += static_cast<int64_t>(gridDim.y) * kBnRowsPerBlock) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; r < rows;
+       r += static_cast<int64_t>(gridDim.y) * blockDim.y) {
     const int64_t idx = r * channels + c;
     out[idx] = (pad != nullptr && pad[r]) ? in_t(0) : affine_value(x, dy, idx, m, s, t, a);
   }

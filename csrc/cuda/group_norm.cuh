@@ -17,7 +17,17 @@ namespace norm_ext {
 inline namespace NORM_EXT_GPU_NAMESPACE {
 
 inline GroupGeometry make_geometry(const GroupNormShape& s, const plans::GroupNormPlan& p) {
-  return {s.n, s.c, s.hw, s.groups, s.channels_per_group, p.group_len, p.chunk_len, p.chunks, s.channels_last};
+  return {s.n,
+          s.c,
+          s.hw,
+          s.groups,
+          s.channels_per_group,
+          p.group_len,
+          p.chunk_len,
+          p.chunks,
+          p.items,
+          static_cast<int>(p.segment),
+          s.channels_last};
 }
 
 // Runs body(param_t{}) with param_t the parameters' dtype: the input's, or float32.
@@ -53,7 +63,7 @@ struct GpuGroupNorm {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.input.scalar_type(), "norm_ext_group_norm", [&] {
       using in_t = scalar_t;
       using acc_t = at::opmath_type<in_t>;
-      const at::Tensor partials = at::empty({plan.group_blocks * 3}, c.mean.options());
+      const at::Tensor partials = at::empty({plan.items * 3}, c.mean.options());
       auto* partial_ptr = reinterpret_cast<WelfordState<acc_t>*>(partials.mutable_data_ptr<acc_t>());
       launch(group_stats_kernel<in_t, acc_t>, shape, stream, c.input.const_data_ptr<in_t>(), geo, partial_ptr);
       dispatch_param_type<in_t>(c.weight, c.bias, [&](auto param_tag) {
@@ -75,7 +85,7 @@ struct GpuGroupNorm {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.input.scalar_type(), "norm_ext_group_norm_bwd", [&] {
       using in_t = scalar_t;
       using acc_t = at::opmath_type<in_t>;
-      const at::Tensor partials = at::empty({plan.group_blocks * 2}, c.mean.options());
+      const at::Tensor partials = at::empty({plan.items * 2}, c.mean.options());
       auto* partial_ptr = reinterpret_cast<Pair<acc_t>*>(partials.mutable_data_ptr<acc_t>());
       dispatch_param_type<in_t>(c.weight, c.bias, [&](auto param_tag) {
         using param_t = decltype(param_tag);

@@ -6,22 +6,25 @@
 //      (n, g) group and stores it as a partial. Values are taken relative to the group's first
 //      element, which keeps the running means small: with |mean| >> std a running mean of the raw
 //      values carries rounding errors comparable to std, which inflate the variance.
-//   2. group_norm_apply_kernel: block (group, chunk) merges its group's partials in chunk order (so
-//      every block of a group derives bit-identical statistics), writes mean / rstd once, and
-//      normalizes its chunk.
+//   2. group_norm_apply_kernel: block (group, chunk) merges its group's partials with its first warp,
+//      in an order fixed by chunk indices (so every block of a group derives bit-identical
+//      statistics), writes mean / rstd once, and normalizes its chunk.
 // Backward, two launches:
 //   1. group_norm_backward_reduce_kernel: the first (group, chunk) blocks reduce the two group sums
 //      sum(w * dz) and sum(w * dz * xhat); the remaining blocks reduce dweight / dbias per channel
 //      over (n, hw). Both only need the saved statistics, so they share one launch.
-//   2. group_norm_grad_input_kernel: block (group, chunk) merges its group's sums in order and
+//   2. group_norm_grad_input_kernel: block (group, chunk) merges its group's sums as above and
 //      writes grad_input.
-// Blocks stride over their (group, chunk) work items (plans/group_norm.h caps the grid). All
-// reductions combine partials in an order fixed by indices only, so results are deterministic.
+// A (group, chunk) item takes a segment of s.segment threads (a whole block, or a power-of-two slice
+// of one for groups shorter than a block); blocks stride over blocks of items (plans/group_norm.h
+// caps the grid). All reductions combine partials in an order fixed by indices only, so results are
+// deterministic.
 // Offsets are int64. Inputs are contiguous (N, C, HW) or channels_last (N, HW, C); element j of a
 // group is (c = g * D + j / HW, hw = j % HW) in the former and (hw = j / D, c = g * D + j % D) in the
 // latter, so the kernels serve both layouts with one index map.
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/welford.h"
 #include "cuda/device_api.h"
@@ -44,8 +47,29 @@ struct GroupGeometry {
   int64_t group_len;  // D * HW
   int64_t chunk_len;
   int64_t chunks;
+  int64_t items;  // N * G * chunks
+  int segment;    // threads per item
   bool channels_last;
 };
+
+// The item a thread serves in the pass whose first item is `first`, and its lane in the item's
+// segment. Threads past the last item get an empty range.
+struct ItemSlot {
+  int slot;  // of the block's kGnThreads / segment items
+  int lane;
+  int64_t item;
+  bool active;
+};
+
+__device__ __forceinline__ ItemSlot item_slot(const GroupGeometry& s, int64_t first) {
+  const int slot = threadIdx.x / s.segment;
+  const int64_t item = first + slot;
+  return {slot, static_cast<int>(threadIdx.x % s.segment), item, item < s.items};
+}
+
+__device__ __forceinline__ int64_t items_per_block(const GroupGeometry& s) {
+  return kGnThreads / s.segment;
+}
 
 // Offset of element j of group (n, g), and its channel.
 __device__ __forceinline__ int64_t element_offset(const GroupGeometry& s, int64_t n, int64_t g, int64_t j,
@@ -61,6 +85,21 @@ __device__ __forceinline__ int64_t element_offset(const GroupGeometry& s, int64_
 
 __device__ __forceinline__ int64_t chunk_end(const GroupGeometry& s, int64_t begin) {
   return begin + s.chunk_len < s.group_len ? begin + s.chunk_len : s.group_len;
+}
+
+// Calls f(offset, channel) on the elements of the thread's item (a chunk of one group) that its lane
+// owns: lane, lane + segment, ... of the chunk.
+template <typename F>
+__device__ __forceinline__ void for_each_item_element(const GroupGeometry& s, const ItemSlot& it, F&& f) {
+  const int64_t group = it.item / s.chunks;
+  const int64_t n = group / s.groups, g = group % s.groups;
+  const int64_t begin = it.item % s.chunks * s.chunk_len;
+  const int64_t end = chunk_end(s, begin);
+  for (int64_t j = begin + it.lane; j < end; j += s.segment) {
+    int64_t c;
+    const int64_t off = element_offset(s, n, g, j, c);
+    f(off, c);
+  }
 }
 
 template <typename T>
@@ -90,25 +129,40 @@ __device__ __forceinline__ Pair<acc_t> combine(const Pair<acc_t>& x, const Pair<
   return {x.a + y.a, x.b + y.b};
 }
 
-// Tree reduction of a 1-D block of kGnThreads threads; the result is valid in thread 0. The order
-// of combination depends only on thread indices. A caller reusing warp_slots must pass a barrier
-// first (the block-stride loops below end each item with one).
+// Tree reduction over each segment of `segment` threads (a power of two dividing kGnThreads); the
+// result is valid in the segment's first thread. The order of combination depends only on thread
+// indices. Every thread of the block calls it. A caller reusing warp_slots must pass a barrier first
+// (the block-stride loops below end each pass with one).
 template <typename T>
-__device__ __forceinline__ T block_reduce(T v, T* warp_slots) {
+__device__ __forceinline__ T segment_reduce(T v, T* warp_slots, int segment) {
+  const int width = segment < kGnWarp ? segment : kGnWarp;
+  // Lanes also pull from the next segment of their warp, but no segment's first lane does.
+  for (int delta = width / 2; delta > 0; delta /= 2) v = combine(v, shfl_down(v, delta));
+  if (segment <= kGnWarp) return v;
   const int lane = threadIdx.x % kGnWarp;
   const int warp = threadIdx.x / kGnWarp;
-#pragma unroll
-  for (int delta = kGnWarp / 2; delta > 0; delta /= 2) v = combine(v, shfl_down(v, delta));
+  const int warps = segment / kGnWarp;
   if (lane == 0) warp_slots[warp] = v;
   __syncthreads();
-  if (warp == 0) {
-    v = warp_slots[lane < kGnThreads / kGnWarp ? lane : 0];
-#pragma unroll
-    for (int delta = kGnThreads / kGnWarp / 2; delta > 0; delta /= 2) {
+  if (warp % warps == 0) {
+    v = warp_slots[warp + (lane < warps ? lane : 0)];
+    for (int delta = warps / 2; delta > 0; delta /= 2) {
       const T other = shfl_down(v, delta);
-      if (lane + delta < kGnThreads / kGnWarp) v = combine(v, other);
+      if (lane + delta < warps) v = combine(v, other);
     }
   }
+  return v;
+}
+
+// The first warp's merge of one group's `count` chunk partials (at most kGnMaxChunks): lane l folds
+// partials l, l + 32, ... in order, then a shuffle tree folds the lanes; valid in lane 0. Every block
+// of a group gets the same bits. One thread folding up to 64 partials alone would keep the other 255
+// waiting at the barrier after it.
+template <typename T>
+__device__ __forceinline__ T warp_merge_partials(const T* partials, int64_t count, T v) {
+  for (int64_t k = threadIdx.x; k < count; k += kGnWarp) v = combine(v, partials[k]);
+#pragma unroll
+  for (int delta = kGnWarp / 2; delta > 0; delta /= 2) v = combine(v, shfl_down(v, delta));
   return v;
 }
 
@@ -136,98 +190,98 @@ __device__ __forceinline__ Pair<acc_t> backward_element(acc_t dy, acc_t x, acc_t
 template <typename in_t, typename acc_t>
 __global__ void group_stats_kernel(const in_t* __restrict__ x, GroupGeometry s, WelfordState<acc_t>* partials) {
   NORM_EXT_SHARED(WelfordState<acc_t>, slots, [kGnThreads / kGnWarp]);
-  const int64_t items = s.n * s.groups * s.chunks;
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const int64_t group = item / s.chunks;
-    const int64_t chunk = item % s.chunks;
-    const int64_t n = group / s.groups, g = group % s.groups;
-    const int64_t begin = chunk * s.chunk_len;
-    const int64_t end = chunk_end(s, begin);
-    int64_t channel;
-    const acc_t shift = static_cast<acc_t>(x[element_offset(s, n, g, 0, channel)]);
+  for (int64_t first = blockIdx.x * items_per_block(s); first < s.items; first += gridDim.x * items_per_block(s)) {
+    const ItemSlot it = item_slot(s, first);
     WelfordState<acc_t> st = welford_init<acc_t>();
-    for (int64_t j = begin + threadIdx.x; j < end; j += kGnThreads) {
-      welford_update(st, static_cast<acc_t>(x[element_offset(s, n, g, j, channel)]) - shift);
+    if (it.active) {
+      const int64_t group = it.item / s.chunks;
+      int64_t channel;
+      const acc_t shift = static_cast<acc_t>(x[element_offset(s, group / s.groups, group % s.groups, 0, channel)]);
+      for_each_item_element(s, it,
+                            [&](int64_t off, int64_t) { welford_update(st, static_cast<acc_t>(x[off]) - shift); });
     }
-    st = block_reduce(st, slots);
-    if (threadIdx.x == 0) partials[item] = st;
+    st = segment_reduce(st, slots, s.segment);
+    if (it.active && it.lane == 0) partials[it.item] = st;
     __syncthreads();
   }
 }
 
+// The statistics of a chunked group (one item per block) come from the first warp's merge of the
+// group's partials; an unchunked group has one partial, which the segment's first thread reads.
 template <typename in_t, typename param_t, typename acc_t>
 __global__ void group_norm_apply_kernel(const in_t* __restrict__ x, const param_t* __restrict__ w,
                                         const param_t* __restrict__ b, const WelfordState<acc_t>* partials,
                                         GroupGeometry s, acc_t eps, bool silu, in_t* __restrict__ y,
                                         acc_t* __restrict__ mean_out, acc_t* __restrict__ rstd_out) {
-  NORM_EXT_SHARED(acc_t, stats, [2]);
-  const int64_t items = s.n * s.groups * s.chunks;
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const int64_t group = item / s.chunks;
-    const int64_t chunk = item % s.chunks;
+  NORM_EXT_SHARED(acc_t, stats, [kGnThreads][2]);
+  for (int64_t first = blockIdx.x * items_per_block(s); first < s.items; first += gridDim.x * items_per_block(s)) {
+    const ItemSlot it = item_slot(s, first);
+    const int64_t group = it.item / s.chunks;
+    const int64_t chunk = it.item % s.chunks;
     const int64_t n = group / s.groups, g = group % s.groups;
-    if (threadIdx.x == 0) {
-      WelfordState<acc_t> st = welford_init<acc_t>();
-      for (int64_t k = 0; k < s.chunks; ++k) st = welford_merge(st, partials[group * s.chunks + k]);
+    WelfordState<acc_t> st = welford_init<acc_t>();
+    if (s.chunks > 1) {
+      if (threadIdx.x < kGnWarp) st = warp_merge_partials(partials + group * s.chunks, s.chunks, st);
+    } else if (it.active && it.lane == 0) {
+      st = partials[it.item];
+    }
+    if (it.active && it.lane == 0) {
       const acc_t var = st.m2 / st.count;
       int64_t channel;
-      stats[0] = static_cast<acc_t>(x[element_offset(s, n, g, 0, channel)]) + st.mean;
-      stats[1] = acc_t(1) / sqrt((var > acc_t(0) ? var : acc_t(0)) + eps);
+      stats[it.slot][0] = static_cast<acc_t>(x[element_offset(s, n, g, 0, channel)]) + st.mean;
+      stats[it.slot][1] = acc_t(1) / sqrt((var > acc_t(0) ? var : acc_t(0)) + eps);
       if (chunk == 0) {
-        mean_out[group] = stats[0];
-        rstd_out[group] = stats[1];
+        mean_out[group] = stats[it.slot][0];
+        rstd_out[group] = stats[it.slot][1];
       }
     }
     __syncthreads();
-    const acc_t mu = stats[0], r = stats[1];
-    const int64_t begin = chunk * s.chunk_len;
-    const int64_t end = chunk_end(s, begin);
-    for (int64_t j = begin + threadIdx.x; j < end; j += kGnThreads) {
-      int64_t c;
-      const int64_t off = element_offset(s, n, g, j, c);
-      acc_t z = (static_cast<acc_t>(x[off]) - mu) * (r * load_param(w, c, acc_t(1))) + load_param(b, c, acc_t(0));
-      if (silu) z *= sigmoid(z);
-      y[off] = static_cast<in_t>(z);
+    if (it.active) {
+      const acc_t mu = stats[it.slot][0], r = stats[it.slot][1];
+      for_each_item_element(s, it, [&](int64_t off, int64_t c) {
+        acc_t z = (static_cast<acc_t>(x[off]) - mu) * (r * load_param(w, c, acc_t(1))) + load_param(b, c, acc_t(0));
+        if (silu) z *= sigmoid(z);
+        y[off] = static_cast<in_t>(z);
+      });
     }
     __syncthreads();
   }
 }
 
-// Work items [0, N * G * chunks): per (group, chunk) the sums of w * dz and w * dz * xhat. Items
+// Passes [0, group_blocks): per (group, chunk) item the sums of w * dz and w * dz * xhat. Passes
 // after them: dweight / dbias for one channel (contiguous) or kGnChannelTile channels (channels_last),
 // over every (n, hw).
+// Four 256-thread blocks per SM (64 registers), half the SM's warps, for fp32 accumulation: its two
+// work kinds (group sums, channel sums) otherwise take 80 registers, three blocks.
 template <typename in_t, typename param_t, typename acc_t>
-__global__ void group_norm_backward_reduce_kernel(const in_t* __restrict__ dy, const in_t* __restrict__ x,
-                                                  const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd,
-                                                  const param_t* __restrict__ w, const param_t* __restrict__ b,
-                                                  GroupGeometry s, int64_t channel_items, bool silu,
-                                                  Pair<acc_t>* group_partials, param_t* __restrict__ dw,
-                                                  param_t* __restrict__ db) {
+__global__ void __launch_bounds__(kGnThreads, std::is_same_v<acc_t, double> ? 2 : 4)
+    group_norm_backward_reduce_kernel(const in_t* __restrict__ dy, const in_t* __restrict__ x,
+                                      const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd,
+                                      const param_t* __restrict__ w, const param_t* __restrict__ b, GroupGeometry s,
+                                      int64_t channel_items, bool silu, Pair<acc_t>* group_partials,
+                                      param_t* __restrict__ dw, param_t* __restrict__ db) {
   NORM_EXT_SHARED(Pair<acc_t>, slots, [kGnThreads]);
-  const int64_t group_items = s.n * s.groups * s.chunks;
+  const int64_t group_blocks = (s.items + items_per_block(s) - 1) / items_per_block(s);
   const int64_t rows = s.n * s.hw;
-  for (int64_t item = blockIdx.x; item < group_items + channel_items; item += gridDim.x) {
-    if (item < group_items) {
-      const int64_t group = item / s.chunks;
-      const int64_t chunk = item % s.chunks;
-      const int64_t n = group / s.groups, g = group % s.groups;
-      const acc_t mu = mean[group], r = rstd[group];
-      const int64_t begin = chunk * s.chunk_len;
-      const int64_t end = chunk_end(s, begin);
+  for (int64_t pass = blockIdx.x; pass < group_blocks + channel_items; pass += gridDim.x) {
+    if (pass < group_blocks) {
+      const ItemSlot it = item_slot(s, pass * items_per_block(s));
       Pair<acc_t> acc{acc_t(0), acc_t(0)};
-      for (int64_t j = begin + threadIdx.x; j < end; j += kGnThreads) {
-        int64_t c;
-        const int64_t off = element_offset(s, n, g, j, c);
-        const acc_t wc = load_param(w, c, acc_t(1));
-        const Pair<acc_t> e = backward_element(static_cast<acc_t>(dy[off]), static_cast<acc_t>(x[off]), mu, r, wc,
-                                               load_param(b, c, acc_t(0)), silu);
-        acc.a += wc * e.a;
-        acc.b += wc * e.a * e.b;
+      if (it.active) {
+        const int64_t group = it.item / s.chunks;
+        const acc_t mu = mean[group], r = rstd[group];
+        for_each_item_element(s, it, [&](int64_t off, int64_t c) {
+          const acc_t wc = load_param(w, c, acc_t(1));
+          const Pair<acc_t> e = backward_element(static_cast<acc_t>(dy[off]), static_cast<acc_t>(x[off]), mu, r, wc,
+                                                 load_param(b, c, acc_t(0)), silu);
+          acc.a += wc * e.a;
+          acc.b += wc * e.a * e.b;
+        });
       }
-      acc = block_reduce(acc, slots);
-      if (threadIdx.x == 0) group_partials[item] = acc;
+      acc = segment_reduce(acc, slots, s.segment);
+      if (it.active && it.lane == 0) group_partials[it.item] = acc;
     } else if (!s.channels_last) {
-      const int64_t c = item - group_items;
+      const int64_t c = pass - group_blocks;
       const int64_t g = c / s.channels_per_group;
       const acc_t wc = load_param(w, c, acc_t(1)), bc = load_param(b, c, acc_t(0));
       Pair<acc_t> acc{acc_t(0), acc_t(0)};
@@ -240,7 +294,7 @@ __global__ void group_norm_backward_reduce_kernel(const in_t* __restrict__ dy, c
         acc.a += e.a;
         acc.b += e.a * e.b;
       }
-      acc = block_reduce(acc, slots);
+      acc = segment_reduce(acc, slots, kGnThreads);
       if (threadIdx.x == 0) {
         if (db != nullptr) db[c] = static_cast<param_t>(acc.a);
         if (dw != nullptr) dw[c] = static_cast<param_t>(acc.b);
@@ -249,7 +303,7 @@ __global__ void group_norm_backward_reduce_kernel(const in_t* __restrict__ dy, c
       // channels_last: lanes take consecutive channels of a row (coalesced), warps take rows.
       const int lane = threadIdx.x % kGnChannelTile;
       const int row_lane = threadIdx.x / kGnChannelTile;
-      const int64_t c = (item - group_items) * kGnChannelTile + lane;
+      const int64_t c = (pass - group_blocks) * kGnChannelTile + lane;
       Pair<acc_t> acc{acc_t(0), acc_t(0)};
       if (c < s.c) {
         const int64_t g = c / s.channels_per_group;
@@ -281,31 +335,31 @@ __global__ void group_norm_grad_input_kernel(const in_t* __restrict__ dy, const 
                                              const param_t* __restrict__ w, const param_t* __restrict__ b,
                                              const Pair<acc_t>* group_partials, GroupGeometry s, bool silu,
                                              in_t* __restrict__ dx) {
-  NORM_EXT_SHARED(acc_t, coef, [2]);
-  const int64_t items = s.n * s.groups * s.chunks;
-  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const int64_t group = item / s.chunks;
-    const int64_t chunk = item % s.chunks;
-    if (threadIdx.x == 0) {
-      Pair<acc_t> total{acc_t(0), acc_t(0)};
-      for (int64_t k = 0; k < s.chunks; ++k) total = combine(total, group_partials[group * s.chunks + k]);
+  NORM_EXT_SHARED(acc_t, coef, [kGnThreads][2]);
+  for (int64_t first = blockIdx.x * items_per_block(s); first < s.items; first += gridDim.x * items_per_block(s)) {
+    const ItemSlot it = item_slot(s, first);
+    const int64_t group = it.item / s.chunks;
+    Pair<acc_t> total{acc_t(0), acc_t(0)};
+    if (s.chunks > 1) {
+      if (threadIdx.x < kGnWarp) total = warp_merge_partials(group_partials + group * s.chunks, s.chunks, total);
+    } else if (it.active && it.lane == 0) {
+      total = group_partials[it.item];
+    }
+    if (it.active && it.lane == 0) {
       const acc_t inv_count = acc_t(1) / static_cast<acc_t>(s.group_len);
-      coef[0] = total.a * inv_count;
-      coef[1] = total.b * inv_count;
+      coef[it.slot][0] = total.a * inv_count;
+      coef[it.slot][1] = total.b * inv_count;
     }
     __syncthreads();
-    const acc_t mean_dz = coef[0], mean_dz_xhat = coef[1];
-    const acc_t mu = mean[group], r = rstd[group];
-    const int64_t n = group / s.groups, g = group % s.groups;
-    const int64_t begin = chunk * s.chunk_len;
-    const int64_t end = chunk_end(s, begin);
-    for (int64_t j = begin + threadIdx.x; j < end; j += kGnThreads) {
-      int64_t c;
-      const int64_t off = element_offset(s, n, g, j, c);
-      const acc_t wc = load_param(w, c, acc_t(1));
-      const Pair<acc_t> e = backward_element(static_cast<acc_t>(dy[off]), static_cast<acc_t>(x[off]), mu, r, wc,
-                                             load_param(b, c, acc_t(0)), silu);
-      dx[off] = static_cast<in_t>(r * (e.a * wc - mean_dz - e.b * mean_dz_xhat));
+    if (it.active) {
+      const acc_t mean_dz = coef[it.slot][0], mean_dz_xhat = coef[it.slot][1];
+      const acc_t mu = mean[group], r = rstd[group];
+      for_each_item_element(s, it, [&](int64_t off, int64_t c) {
+        const acc_t wc = load_param(w, c, acc_t(1));
+        const Pair<acc_t> e = backward_element(static_cast<acc_t>(dy[off]), static_cast<acc_t>(x[off]), mu, r, wc,
+                                               load_param(b, c, acc_t(0)), silu);
+        dx[off] = static_cast<in_t>(r * (e.a * wc - mean_dz - e.b * mean_dz_xhat));
+      });
     }
     __syncthreads();
   }

@@ -213,7 +213,7 @@ void launch(void (*kernel)(Params...), const plans::LaunchShape& shape, Stream s
         const Call& c = *static_cast<const Call*>(p);
         std::apply(c.kernel, c.args);
       },
-      &call);
+      &call, sizeof(call));
 #else
   const std::string err = plans::launch_error(shape, kernel_attributes(key), device_props());
   TORCH_CHECK(err.empty(), "norm_ext: invalid kernel launch: ", err);

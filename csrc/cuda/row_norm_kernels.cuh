@@ -179,30 +179,36 @@ __device__ __forceinline__ void load_shifted_fwd_vector(const RowNormFwdArgs<in_
 }
 
 // Register path. Thread `lane` of a row group owns vectors lane, lane + threads_per_row, ... so a
-// warp's loads are contiguous. The variance is a second pass over the registers, never
-// E[h^2] - E[h]^2, which cancels for rows with a large mean.
+// warp's loads are contiguous. A group is the block, a warp, or (rows of fewer than 32 vectors) a
+// power-of-two slice of a warp, so that most lanes hold a vector. The variance is a second pass over
+// the registers, never E[h^2] - E[h]^2, which cancels for rows with a large mean.
 template <typename in_t, typename h_t, int kNV, int kV>
 __global__ void __launch_bounds__(kRowFwdMaxThreads)
     row_norm_fwd_reg(const RowNormFwdArgs<in_t, h_t> a, const int threads_per_row) {
   using acc_t = at::opmath_type<in_t>;
   NORM_EXT_SHARED(acc_t, slots, [kBlockReduceSlots]);
-  const bool warp_mode = threads_per_row == kWarpSize;
+  const bool warp_mode = threads_per_row <= kWarpSize;
   const int rows_per_block = static_cast<int>(blockDim.x) / threads_per_row;
   const int lane = static_cast<int>(threadIdx.x) % threads_per_row;
   const acc_t n = static_cast<acc_t>(a.cols);
-  const auto row_sum = [&](acc_t v) { return warp_mode ? warp_allreduce(v, SumOp{}) : block_allreduce_sum(v, slots); };
+  const auto row_sum = [&](acc_t v) {
+    return warp_mode ? warp_allreduce_masks(v, SumOp{}, 1, threads_per_row) : block_allreduce_sum(v, slots);
+  };
 
+  // The loop runs while the block's first row exists, so that the groups of a warp shuffle together;
+  // a group past the last row computes on zeros and stores nothing.
   const int64_t row_step = static_cast<int64_t>(gridDim.x) * rows_per_block;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / threads_per_row; row < a.rows;
-       row += row_step) {
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * rows_per_block; first < a.rows; first += row_step) {
+    const int64_t row = first + threadIdx.x / threads_per_row;
+    const bool active = row < a.rows;
     const int64_t row_offset = row * a.cols;
-    const acc_t shift = row_shift(a, row_offset);
+    const acc_t shift = active ? row_shift(a, row_offset) : acc_t(0);
     acc_t h[kNV][kV];
     acc_t sum = 0;
 #pragma unroll
     for (int k = 0; k < kNV; ++k) {
       const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
-      if (col < a.cols) {
+      if (active && col < a.cols) {
         load_shifted_fwd_vector<in_t, h_t, kV>(a, row_offset + col, shift, h[k], sum);
       } else {
 #pragma unroll
@@ -214,20 +220,20 @@ __global__ void __launch_bounds__(kRowFwdMaxThreads)
 #pragma unroll
     for (int k = 0; k < kNV; ++k) {
       const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
-      if (col < a.cols) {
+      if (active && col < a.cols) {
 #pragma unroll
         for (int i = 0; i < kV; ++i) sq += (h[k][i] - mean) * (h[k][i] - mean);
       }
     }
     const acc_t rstd = rsqrt_acc(row_sum(sq) / n + a.eps);
-    if (lane == 0) {
+    if (lane == 0 && active) {
       if (a.mean != nullptr) a.mean[row] = shift + mean;
       a.rstd[row] = rstd;
     }
 #pragma unroll
     for (int k = 0; k < kNV; ++k) {
       const int64_t col = static_cast<int64_t>(lane + k * threads_per_row) * kV;
-      if (col < a.cols) store_fwd_vector<in_t, h_t, kV>(a, row_offset + col, col, h[k], mean, rstd);
+      if (active && col < a.cols) store_fwd_vector<in_t, h_t, kV>(a, row_offset + col, col, h[k], mean, rstd);
     }
   }
 }
@@ -518,9 +524,10 @@ __device__ __forceinline__ void store_bwd_row(const RowNormBwdArgs<in_t, saved_t
 }
 
 // Register path of the backward. Block b owns rows [rows * b / G, rows * (b + 1) / G); its row
-// groups walk them, keeping x_hat and g of the current row and their dgamma/dbeta partials in
-// registers. At the end the groups fold their partials through shared memory in group order, and
-// the last group writes the block's partial row, so the result does not depend on scheduling.
+// groups (as in the forward) walk them, keeping x_hat and g of the current row and their
+// dgamma/dbeta partials in registers. At the end the groups of a warp fold their partials by
+// shuffles, the warps (or block-wide groups) fold theirs through shared memory in order, and the
+// last writes the block's partial row, so the result does not depend on scheduling.
 template <typename in_t, typename saved_t, int kNV, int kV>
 __global__ void __launch_bounds__(kRowBwdMaxThreads)
     row_norm_bwd_reg(const RowNormBwdArgs<in_t, saved_t> a, const int threads_per_row,
@@ -529,13 +536,14 @@ __global__ void __launch_bounds__(kRowBwdMaxThreads)
   NORM_EXT_SHARED(SumPair<acc_t>, slots, [kBlockReduceSlots]);
   NORM_EXT_DYNAMIC_SHARED(combine_raw);
   acc_t* combine = reinterpret_cast<acc_t*>(combine_raw);  // [2][cols], used when rows_per_block > 1
-  const bool warp_mode = threads_per_row == kWarpSize;
+  const bool warp_mode = threads_per_row <= kWarpSize;
   const int rows_per_block = static_cast<int>(blockDim.x) / threads_per_row;
   const int group = static_cast<int>(threadIdx.x) / threads_per_row;
   const int lane = static_cast<int>(threadIdx.x) % threads_per_row;
   const acc_t n = static_cast<acc_t>(a.cols);
   const auto row_sums = [&](SumPair<acc_t> v) {
-    return warp_mode ? warp_allreduce(v, SumOp{}) : block_allreduce(v, SumOp{}, SumPair<acc_t>{0, 0}, slots);
+    return warp_mode ? warp_allreduce_masks(v, SumOp{}, 1, threads_per_row)
+                     : block_allreduce(v, SumOp{}, SumPair<acc_t>{0, 0}, slots);
   };
 
   const auto col_of = [&](int k) {
@@ -547,24 +555,50 @@ __global__ void __launch_bounds__(kRowBwdMaxThreads)
   acc_t db[kNV][kV] = {};
   const int64_t row_begin = a.rows * blockIdx.x / gridDim.x;
   const int64_t row_end = a.rows * (blockIdx.x + 1) / gridDim.x;
-  for (int64_t row = row_begin + group; row < row_end; row += rows_per_block) {
+  for (int64_t first = row_begin; first < row_end; first += rows_per_block) {
+    // A group past the block's last row loads and stores nothing but still joins the row sums,
+    // which its warp shuffles together. (Folding `active` into col_of instead cost the 128-bit
+    // stores of dx: nvcc split them per element.)
+    const int64_t row = first + group;
+    const bool active = row < row_end;
     const int64_t row_offset = row * a.cols;
-    const acc_t rstd = a.rstd[row];
-    const acc_t mean = a.mean != nullptr ? a.mean[row] : acc_t(0);
+    acc_t rstd = 0;
+    acc_t mean = 0;
     acc_t xhat[kNV][kV];
     acc_t g[kNV][kV];
-    const SumPair<acc_t> sums =
-        row_sums(accumulate_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, mean, rstd, col_of, xhat, g, dw, db));
+    SumPair<acc_t> part{0, 0};
+    if (active) {
+      rstd = a.rstd[row];
+      if (a.mean != nullptr) mean = a.mean[row];
+      part = accumulate_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, mean, rstd, col_of, xhat, g, dw, db);
+    }
+    const SumPair<acc_t> sums = row_sums(part);
     const acc_t mean_g = a.rms ? acc_t(0) : sums.first / n;
     const acc_t mean_gx = sums.second / n;
-    store_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, rstd, mean_g, mean_gx, col_of, xhat, g);
+    if (active) store_bwd_row<in_t, saved_t, kNV, kV>(a, row_offset, rstd, mean_g, mean_gx, col_of, xhat, g);
   }
 
+  // Groups narrower than a warp hold the same columns in the same lanes: the warp folds them first,
+  // and its first group takes the warp's turn below.
+  const bool sub_warp = threads_per_row < kWarpSize;
+  if (sub_warp) {
+#pragma unroll
+    for (int k = 0; k < kNV; ++k) {
+#pragma unroll
+      for (int i = 0; i < kV; ++i) {
+        dw[k][i] = warp_allreduce_masks(dw[k][i], SumOp{}, threads_per_row, kWarpSize);
+        db[k][i] = warp_allreduce_masks(db[k][i], SumOp{}, threads_per_row, kWarpSize);
+      }
+    }
+  }
+  const int turns = sub_warp ? static_cast<int>(blockDim.x) / kWarpSize : rows_per_block;
+  const int my_turn = sub_warp ? static_cast<int>(threadIdx.x) / kWarpSize : group;
+  const bool folds = !sub_warp || static_cast<int>(threadIdx.x) % kWarpSize < threads_per_row;
   acc_t* dw_out = dw_partial != nullptr ? dw_partial + static_cast<int64_t>(blockIdx.x) * a.cols : nullptr;
   acc_t* db_out = db_partial != nullptr ? db_partial + static_cast<int64_t>(blockIdx.x) * a.cols : nullptr;
-  for (int turn = 0; turn < rows_per_block; ++turn) {
-    if (group == turn) {
-      const bool last = turn == rows_per_block - 1;
+  for (int turn = 0; turn < turns; ++turn) {
+    if (my_turn == turn && folds) {
+      const bool last = turn == turns - 1;
 #pragma unroll
       for (int k = 0; k < kNV; ++k) {
         const int64_t col = col_of(k);

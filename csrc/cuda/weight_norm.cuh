@@ -1,11 +1,12 @@
 #pragma once
 // GPU backend of weight normalization, w = g * v / ||v||, the norm over every dim but `dim`: a family
 // small enough to keep its device code and its launches in one file, behind the glue of
-// ops/weight_norm.h. v is viewed as (outer, slices, inner) and a block owns a slice: it reduces the
-// slice's sum of squares (or, in the backward, the dot product of grad_w and v), then rescales the
-// same elements, so the forward and the backward are one launch each. Consecutive threads read
-// consecutive inner elements (coalesced for dim=0, the common case). Sums are deterministic (fixed
-// block size and order).
+// ops/weight_norm.h. v is viewed as (outer, slices, inner) and cut into (slice, chunk) items as
+// plans/weight_norm.h says. Two launches each way: the first stores per item the sum of a * b over
+// its chunk (a = v and b null for v * v forward, a = grad_w and b = v backward), the second merges its slice's partials
+// with one value per thread and a block sum (the same bits in every block of the slice, whatever the
+// chunking of the other slices) and rescales its chunk. Consecutive threads read consecutive inner
+// elements (coalesced for dim=0, the common case).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -29,22 +30,57 @@ __device__ __forceinline__ int64_t slice_offset(int64_t j, int64_t d, int64_t sl
   return (o * slices + d) * inner + (j - o * inner);
 }
 
+struct WeightNormGeometry {
+  int64_t per_slice;
+  int64_t slices;
+  int64_t inner;
+  int64_t chunks;
+  int64_t chunk_len;
+};
+
+__device__ __forceinline__ int64_t chunk_stop(const WeightNormGeometry& s, int64_t begin) {
+  return begin + s.chunk_len < s.per_slice ? begin + s.chunk_len : s.per_slice;
+}
+
 template <typename scalar_t, typename acc_t>
-__global__ void weight_norm_forward_kernel(const scalar_t* __restrict__ v, const acc_t* __restrict__ g,
-                                           scalar_t* __restrict__ w, acc_t* __restrict__ norm, int64_t per_slice,
-                                           int64_t slices, int64_t inner) {
+__global__ void weight_norm_partial_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                                           WeightNormGeometry s, acc_t* __restrict__ partials) {
   NORM_EXT_SHARED(acc_t, scratch, [32]);
-  for (int64_t d = blockIdx.x; d < slices; d += gridDim.x) {
-    acc_t sum_sq = 0;
-    for (int64_t j = threadIdx.x; j < per_slice; j += blockDim.x) {
-      const acc_t x = static_cast<acc_t>(v[slice_offset(j, d, slices, inner)]);
-      sum_sq += x * x;
+  for (int64_t item = blockIdx.x; item < s.slices * s.chunks; item += gridDim.x) {
+    const int64_t d = item / s.chunks;
+    const int64_t begin = item % s.chunks * s.chunk_len;
+    const int64_t stop = chunk_stop(s, begin);
+    acc_t sum = 0;
+    for (int64_t j = begin + threadIdx.x; j < stop; j += blockDim.x) {
+      const int64_t idx = slice_offset(j, d, s.slices, s.inner);
+      const acc_t av = static_cast<acc_t>(a[idx]);
+      sum += av * (b != nullptr ? static_cast<acc_t>(b[idx]) : av);
     }
-    const acc_t n = sqrt(block_sum(sum_sq, scratch));
-    if (threadIdx.x == 0) norm[d] = n;
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) partials[item] = sum;
+  }
+}
+
+// Slice d's total of its partials; every thread of the block gets it.
+template <typename acc_t>
+__device__ __forceinline__ acc_t slice_total(const acc_t* partials, const WeightNormGeometry& s, int64_t d,
+                                             acc_t* scratch) {
+  return block_sum(threadIdx.x < s.chunks ? partials[d * s.chunks + threadIdx.x] : acc_t(0), scratch);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void weight_norm_scale_kernel(const scalar_t* __restrict__ v, const acc_t* __restrict__ g,
+                                         const acc_t* __restrict__ sum_sq, WeightNormGeometry s,
+                                         scalar_t* __restrict__ w, acc_t* __restrict__ norm) {
+  NORM_EXT_SHARED(acc_t, scratch, [32]);
+  for (int64_t item = blockIdx.x; item < s.slices * s.chunks; item += gridDim.x) {
+    const int64_t d = item / s.chunks;
+    const int64_t begin = item % s.chunks * s.chunk_len;
+    const acc_t n = sqrt(slice_total(sum_sq, s, d, scratch));
+    if (threadIdx.x == 0 && begin == 0) norm[d] = n;
     const acc_t factor = g[d] / n;
-    for (int64_t j = threadIdx.x; j < per_slice; j += blockDim.x) {
-      const int64_t idx = slice_offset(j, d, slices, inner);
+    for (int64_t j = begin + threadIdx.x; j < chunk_stop(s, begin); j += blockDim.x) {
+      const int64_t idx = slice_offset(j, d, s.slices, s.inner);
       w[idx] = static_cast<scalar_t>(factor * static_cast<acc_t>(v[idx]));
     }
   }
@@ -52,24 +88,21 @@ __global__ void weight_norm_forward_kernel(const scalar_t* __restrict__ v, const
 
 // With s = g / n and c = sum(grad_w * v): grad_g = c / n, grad_v = s * grad_w - (s * c / n^2) * v.
 template <typename scalar_t, typename acc_t>
-__global__ void weight_norm_backward_kernel(const scalar_t* __restrict__ grad_w, const scalar_t* __restrict__ v,
-                                            const acc_t* __restrict__ g, const acc_t* __restrict__ norm,
-                                            scalar_t* __restrict__ grad_v, acc_t* __restrict__ grad_g,
-                                            int64_t per_slice, int64_t slices, int64_t inner) {
+__global__ void weight_norm_grad_kernel(const scalar_t* __restrict__ grad_w, const scalar_t* __restrict__ v,
+                                        const acc_t* __restrict__ g, const acc_t* __restrict__ norm,
+                                        const acc_t* __restrict__ dots, WeightNormGeometry s,
+                                        scalar_t* __restrict__ grad_v, acc_t* __restrict__ grad_g) {
   NORM_EXT_SHARED(acc_t, scratch, [32]);
-  for (int64_t d = blockIdx.x; d < slices; d += gridDim.x) {
-    acc_t dot = 0;
-    for (int64_t j = threadIdx.x; j < per_slice; j += blockDim.x) {
-      const int64_t idx = slice_offset(j, d, slices, inner);
-      dot += static_cast<acc_t>(grad_w[idx]) * static_cast<acc_t>(v[idx]);
-    }
-    dot = block_sum(dot, scratch);
+  for (int64_t item = blockIdx.x; item < s.slices * s.chunks; item += gridDim.x) {
+    const int64_t d = item / s.chunks;
+    const int64_t begin = item % s.chunks * s.chunk_len;
+    const acc_t dot = slice_total(dots, s, d, scratch);
     const acc_t inv_n = acc_t(1) / norm[d];
     const acc_t alpha = g[d] * inv_n;
     const acc_t beta = alpha * dot * inv_n * inv_n;
-    if (threadIdx.x == 0) grad_g[d] = dot * inv_n;
-    for (int64_t j = threadIdx.x; j < per_slice; j += blockDim.x) {
-      const int64_t idx = slice_offset(j, d, slices, inner);
+    if (threadIdx.x == 0 && begin == 0) grad_g[d] = dot * inv_n;
+    for (int64_t j = begin + threadIdx.x; j < chunk_stop(s, begin); j += blockDim.x) {
+      const int64_t idx = slice_offset(j, d, s.slices, s.inner);
       grad_v[idx] = static_cast<scalar_t>(alpha * static_cast<acc_t>(grad_w[idx]) - beta * static_cast<acc_t>(v[idx]));
     }
   }
@@ -77,32 +110,47 @@ __global__ void weight_norm_backward_kernel(const scalar_t* __restrict__ grad_w,
 
 // ----- launches -------------------------------------------------------------------------------------
 
+inline WeightNormGeometry weight_norm_geometry(const WeightNormShape& s, const plans::WeightNormPlan& p) {
+  return {s.outer * s.inner, s.slices, s.inner, p.chunks, p.chunk_len};
+}
+
 struct GpuWeightNorm {
   static constexpr c10::DeviceType kDevice = kGpuDeviceType;
   using Guard = DeviceGuard;
 
   static void forward(const WeightNormFwdCall& c) {
     const WeightNormShape& s = c.shape;
-    const plans::LaunchShape shape =
-        launch_shape(plans::plan_weight_norm_grid(s.slices, device_props()), plans::kWnThreads);
+    const plans::WeightNormPlan plan = plans::plan_weight_norm(s.slices, s.outer * s.inner, device_props());
+    const WeightNormGeometry geo = weight_norm_geometry(s, plan);
+    const plans::LaunchShape shape = launch_shape(plan.grid, plans::kWnThreads);
+    const Stream stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.v.scalar_type(), "weight_norm", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      launch(weight_norm_forward_kernel<scalar_t, acc_t>, shape, current_stream(), c.v.const_data_ptr<scalar_t>(),
-             c.g.const_data_ptr<acc_t>(), c.w.mutable_data_ptr<scalar_t>(), c.norm.mutable_data_ptr<acc_t>(),
-             s.outer * s.inner, s.slices, s.inner);
+      const at::Tensor sum_sq = at::empty({plan.items}, c.norm.options());
+      const scalar_t* v = c.v.const_data_ptr<scalar_t>();
+      launch(weight_norm_partial_kernel<scalar_t, acc_t>, shape, stream, v, static_cast<const scalar_t*>(nullptr), geo,
+             sum_sq.mutable_data_ptr<acc_t>());
+      launch(weight_norm_scale_kernel<scalar_t, acc_t>, shape, stream, v, c.g.const_data_ptr<acc_t>(),
+             sum_sq.const_data_ptr<acc_t>(), geo, c.w.mutable_data_ptr<scalar_t>(), c.norm.mutable_data_ptr<acc_t>());
     });
   }
 
   static void backward(const WeightNormBwdCall& c) {
     const WeightNormShape& s = c.shape;
-    const plans::LaunchShape shape =
-        launch_shape(plans::plan_weight_norm_grid(s.slices, device_props()), plans::kWnThreads);
+    const plans::WeightNormPlan plan = plans::plan_weight_norm(s.slices, s.outer * s.inner, device_props());
+    const WeightNormGeometry geo = weight_norm_geometry(s, plan);
+    const plans::LaunchShape shape = launch_shape(plan.grid, plans::kWnThreads);
+    const Stream stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.v.scalar_type(), "weight_norm_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      launch(weight_norm_backward_kernel<scalar_t, acc_t>, shape, current_stream(), c.grad_w.const_data_ptr<scalar_t>(),
-             c.v.const_data_ptr<scalar_t>(), c.g.const_data_ptr<acc_t>(), c.norm.const_data_ptr<acc_t>(),
-             c.grad_v.mutable_data_ptr<scalar_t>(), c.grad_g.mutable_data_ptr<acc_t>(), s.outer * s.inner, s.slices,
-             s.inner);
+      const at::Tensor dots = at::empty({plan.items}, c.grad_g.options());
+      const scalar_t* grad_w = c.grad_w.const_data_ptr<scalar_t>();
+      const scalar_t* v = c.v.const_data_ptr<scalar_t>();
+      launch(weight_norm_partial_kernel<scalar_t, acc_t>, shape, stream, grad_w, v, geo,
+             dots.mutable_data_ptr<acc_t>());
+      launch(weight_norm_grad_kernel<scalar_t, acc_t>, shape, stream, grad_w, v, c.g.const_data_ptr<acc_t>(),
+             c.norm.const_data_ptr<acc_t>(), dots.const_data_ptr<acc_t>(), geo, c.grad_v.mutable_data_ptr<scalar_t>(),
+             c.grad_g.mutable_data_ptr<acc_t>());
     });
   }
 };

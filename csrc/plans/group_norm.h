@@ -1,8 +1,11 @@
 #pragma once
 // Launch plan of the GroupNorm GPU kernels (cuda/group_norm_kernels.cuh): each (sample, group) is cut
-// into chunks, one block per (group, chunk), enough of them to fill the GPU when N * G is small but
-// no chunk shorter than a few passes of a block. The kernels stride over (group, chunk) pairs, so a
-// grid capped at the device's limit still covers every group.
+// into chunks, (group, chunk) items, enough of them to fill the GPU when N * G is small but no chunk
+// shorter than a few passes of a block. An item takes a block, or, when a group is shorter than a
+// block (InstanceNorm on 7 x 7: 49 values), a segment of the next power of two of its length, so that
+// more than half the threads have a value; a block then serves kGnThreads / segment items. The
+// kernels stride over blocks of items, so a grid capped at the device's limit still covers every
+// group.
 
 #include <algorithm>
 #include <cstdint>
@@ -22,7 +25,9 @@ struct GroupNormPlan {
   int64_t group_len;  // elements of one (sample, group): C / G * HW
   int64_t chunks;     // per group
   int64_t chunk_len;
-  int64_t group_blocks;    // N * G * chunks
+  int64_t items;           // N * G * chunks
+  int64_t segment;         // threads per item, a power of two dividing kGnThreads
+  int64_t group_blocks;    // blocks of kGnThreads / segment items
   int64_t grid;            // blocks launched for the group kernels (capped)
   int64_t channel_blocks;  // backward: blocks of the dweight / dbias reduction (0 when not wanted)
   int64_t backward_grid;   // blocks launched for the backward's reduction kernel (capped)
@@ -38,7 +43,10 @@ inline GroupNormPlan plan_group_norm(int64_t n, int64_t c, int64_t hw, int64_t g
   p.chunks = std::clamp<int64_t>(want, 1, std::min(most, kGnMaxChunks));
   p.chunk_len = ceil_div(p.group_len, p.chunks);
   p.chunks = ceil_div(p.group_len, p.chunk_len);
-  p.group_blocks = n * groups * p.chunks;
+  p.items = n * groups * p.chunks;
+  p.segment = kGnThreads;
+  while (p.segment > 1 && p.segment / 2 >= p.group_len) p.segment /= 2;
+  p.group_blocks = ceil_div(p.items, kGnThreads / p.segment);
   p.grid = std::min(p.group_blocks, d.max_grid[0]);
   p.channel_blocks = param_grads ? (channels_last ? ceil_div(c, kGnChannelTile) : c) : 0;
   p.backward_grid = std::min(p.group_blocks + p.channel_blocks, d.max_grid[0]);

@@ -6,7 +6,9 @@
 //
 // Paths, by the row length in 128-bit vectors (nvec = cols / vec, vec = 16 / sizeof(input), or 1
 // when a pointer or the row length is not vector aligned):
-//   - warp: one warp per row, several rows per block, for short rows;
+//   - warp: one warp per row, several rows per block, for short rows; rows of fewer than 32
+//     vectors take a power-of-two slice of a warp (the next at least their length), so that most
+//     lanes hold a vector;
 //   - block: one block per row, the row held in registers;
 //   - cluster (sm_90): rows past one block's registers split over a thread-block cluster of 4-16
 //     blocks, each holding a slice in registers and exchanging partial statistics through
@@ -79,6 +81,13 @@ struct RowClusterLaunch {
   int max_clusters = 0;
 };
 
+// Threads per row of the warp path: a warp, or the next power of two of a shorter row's vectors.
+inline int warp_path_threads_per_row(int64_t nvec) {
+  int threads = 1;
+  while (threads < nvec && threads < 32) threads *= 2;
+  return threads;
+}
+
 inline int round_up_to_warps(int64_t threads) {
   return static_cast<int>(ceil_div(threads, 32) * 32);
 }
@@ -113,12 +122,9 @@ inline RowNormFwdPlan plan_row_norm_fwd(int64_t rows, int64_t cols, int vec, con
   const int64_t max_grid = d.max_grid[0];
   if (nvec <= 32 * kRowWarpModeMaxVecs) {
     const int vecs = nvec <= 32 ? 1 : nvec <= 64 ? 2 : kRowWarpModeMaxVecs;
-    return {RowPath::kWarp,
-            vecs,
-            kRowWarpModeFwdThreads,
-            32,
-            1,
-            std::min(ceil_div(rows, kRowWarpModeFwdThreads / 32), max_grid)};
+    const int threads_per_row = warp_path_threads_per_row(nvec);
+    return {RowPath::kWarp,  vecs, kRowWarpModeFwdThreads,
+            threads_per_row, 1,    std::min(ceil_div(rows, kRowWarpModeFwdThreads / threads_per_row), max_grid)};
   }
   if (nvec <= static_cast<int64_t>(kRowFwdMaxThreads) * kRowFwdMaxVecs) {
     // The register file bounds the resident row data per SM either way; eight vectors per thread
@@ -161,7 +167,7 @@ inline RowNormBwdPlan plan_row_norm_bwd(int64_t rows, int64_t cols, int vec, int
   if (nvec <= static_cast<int64_t>(kRowBwdMaxThreads) * kRowBwdMaxVecs) {
     const bool warp_mode = nvec <= 32 * kRowBwdMaxVecs;
     const int threads = warp_mode ? kRowWarpModeBwdThreads : round_up_to_warps(ceil_div(nvec, kRowBwdMaxVecs));
-    const int threads_per_row = warp_mode ? 32 : threads;
+    const int threads_per_row = warp_mode ? warp_path_threads_per_row(nvec) : threads;
     const int rows_per_block = threads / threads_per_row;
     const int vecs = warp_mode && nvec <= 32 ? 1 : kRowBwdMaxVecs;
     const int64_t smem = rows_per_block > 1 ? 2 * cols * acc_bytes : 0;

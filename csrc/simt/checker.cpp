@@ -54,12 +54,25 @@ constexpr std::uintptr_t kPageBytes = std::uintptr_t{1} << kPageBits;
 // How far past a shared array an access is still reported as that array's overrun.
 constexpr std::uintptr_t kNearArray = 64;
 
+// The first two readers of one byte of global memory in this launch (grid-wide thread indices plus
+// one; 0: none), `second` kBroadcast once a third thread read it. A byte that at most two threads
+// read is their work (GroupNorm's backward reads each value once for the group sums and once for the
+// channel sums); one that more read is a broadcast value, nobody's.
+struct Readers {
+  std::uint32_t first;
+  std::uint32_t second;
+};
+constexpr std::uint32_t kBroadcast = 0xffffffffu;
+
 struct CheckerState {
   std::vector<ArrayRef> arrays;  // of the running cluster
   std::unordered_map<std::uintptr_t, std::unique_ptr<GlobalCell[]>> pages;
   // The page of the last global access, and its cells (null: no byte of it written).
   std::uintptr_t last_page = ~std::uintptr_t{0};
   GlobalCell* last_cells = nullptr;
+  std::unordered_map<std::uintptr_t, std::unique_ptr<Readers[]>> read_pages;
+  std::uintptr_t last_read_page = ~std::uintptr_t{0};
+  Readers* last_readers = nullptr;
 };
 // A pointer, so that reading it needs no thread-local initialization guard.
 NORM_EXT_SIMT_TLS CheckerState* tls_state = nullptr;
@@ -231,6 +244,25 @@ GlobalCell* page_cells(std::uintptr_t page, bool create) {
   return cells;
 }
 
+void note_readers(std::uintptr_t addr, std::size_t size, std::uint32_t me) {
+  CheckerState& st = state();
+  for (std::uintptr_t a = addr; a < addr + size; ++a) {
+    const std::uintptr_t page = a >> kPageBits;
+    if (page != st.last_read_page) {
+      std::unique_ptr<Readers[]>& cells = st.read_pages[page];
+      if (!cells) cells = std::make_unique<Readers[]>(kPageBytes);
+      st.last_read_page = page;
+      st.last_readers = cells.get();
+    }
+    Readers& r = st.last_readers[a & (kPageBytes - 1)];
+    if (r.first == 0) {
+      r.first = me;
+    } else if (r.first != me && r.second != me) {
+      r.second = r.second == 0 ? me : kBroadcast;
+    }
+  }
+}
+
 // A byte another thread of the launch wrote: fine if a barrier both threads passed lies between.
 void check_global_order(const ThreadState& t, const GlobalCell& cell, std::uint32_t epochs, std::uintptr_t addr,
                         std::size_t size, bool write) {
@@ -296,6 +328,7 @@ void check_global(ThreadState& t, std::uintptr_t addr, std::size_t size, bool wr
       if (write) cell = {me, epochs};
     }
   }
+  if (!write) note_readers(addr, size, me);
 }
 
 // The entry points below are not instrumented themselves (they would call back into the checker);
@@ -320,7 +353,9 @@ NORM_EXT_SIMT_UNCHECKED void checked_access(std::uintptr_t addr, std::size_t siz
     return;
   }
   const auto stack = reinterpret_cast<std::uintptr_t>(t->ctx.stack_bottom);
-  if (addr >= stack && addr < stack + t->ctx.stack_size) {
+  const auto params = reinterpret_cast<std::uintptr_t>(tls_launch->body_ctx);
+  if ((addr >= stack && addr < stack + t->ctx.stack_size) ||
+      (addr >= params && addr < params + tls_launch->body_ctx_bytes)) {
     asan_check(addr, size, write);
     return;
   }
@@ -352,12 +387,34 @@ void checker_launch_begin(Launch&) {
   checker_launch_end();
 }
 
+std::int64_t checker_threads_working(const Launch& l) {
+  const CheckerState& st = state();
+  std::vector<bool> working(static_cast<std::size_t>(l.grid.x) * l.grid.y * l.grid.z * l.threads_per_block);
+  for (const auto& [page, cells] : st.pages) {
+    for (std::uintptr_t i = 0; i < kPageBytes; ++i) {
+      if (cells[i].writer != 0) working[cells[i].writer - 1] = true;
+    }
+  }
+  for (const auto& [page, readers] : st.read_pages) {
+    for (std::uintptr_t i = 0; i < kPageBytes; ++i) {
+      const Readers& r = readers[i];
+      if (r.first == 0 || r.second == kBroadcast) continue;
+      working[r.first - 1] = true;
+      if (r.second != 0) working[r.second - 1] = true;
+    }
+  }
+  return std::count(working.begin(), working.end(), true);
+}
+
 void checker_launch_end() {
   CheckerState& st = state();
   st.pages.clear();
   st.arrays.clear();
   st.last_page = ~std::uintptr_t{0};
   st.last_cells = nullptr;
+  st.read_pages.clear();
+  st.last_read_page = ~std::uintptr_t{0};
+  st.last_readers = nullptr;
 }
 
 void traffic_start() {
@@ -470,6 +527,9 @@ TrafficCount traffic_total() {
   no_traffic();
 }
 void checker_launch_begin(Launch&) {}
+std::int64_t checker_threads_working(const Launch&) {
+  return -1;
+}
 void checker_launch_end() {}
 void checker_cluster_begin(ClusterState&) {}
 void checker_array_allocated(SharedArray&, BlockState&) {}

@@ -29,10 +29,12 @@ struct dim3 {
   constexpr dim3(const uint3& v) : x(v.x), y(v.y), z(v.z) {}
 };
 
-const uint3& thread_idx();
-const uint3& block_idx();
-const dim3& block_dim();
-const dim3& grid_dim();
+// By value: the kernel's reads of them are then of its own stack, not of the runtime's state, which
+// the checked build would otherwise see as global-memory traffic.
+uint3 thread_idx();
+uint3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
 
 void sync_threads(const std::source_location& site);
 void sync_warp(unsigned mask, const std::source_location& site);

@@ -121,6 +121,7 @@ struct Launch {
   unsigned threads_per_block = 0;
   void (*body)(const void*) = nullptr;
   const void* body_ctx = nullptr;
+  std::size_t body_ctx_bytes = 0;
   Schedule schedule = Schedule::kForward;
   std::mt19937_64 rng;
   std::uint64_t number = 0;  // launches since the schedule was set
@@ -131,6 +132,7 @@ struct Launch {
   bool failed = false;
   std::string error;
   std::int64_t threads_run = 0;
+  std::int64_t threads_working = 0;
   std::int64_t max_static_smem = 0;
 };
 
@@ -181,6 +183,10 @@ std::string where(const std::source_location& site);
 
 // Hooks of the checked build (checker.cpp); no-ops in the plain build.
 void checker_launch_begin(Launch& launch);
+// Threads of the running launch that had global memory of their own: wrote a byte, or read a byte
+// that at most one other thread read (a value many threads read, such as a per-channel coefficient,
+// is no thread's work). -1 in the plain build.
+std::int64_t checker_threads_working(const Launch& launch);
 void checker_launch_end();
 void checker_cluster_begin(ClusterState& cluster);
 void checker_array_allocated(SharedArray& array, BlockState& owner);

@@ -114,16 +114,18 @@ PyObject* set_launch_log(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-// [(kernel, (grid x, y, z), (block x, y, z), cluster, dynamic smem, static smem, threads run)]
+// [(kernel, (grid x, y, z), (block x, y, z), cluster, dynamic smem, static smem, threads run,
+//   threads working or -1)]
 PyObject* take_launch_log(PyObject*, PyObject*) {
   const std::vector<simt::LaunchRecord> log = simt::take_launch_log();
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(log.size()));
   for (std::size_t i = 0; i < log.size(); ++i) {
     const simt::LaunchRecord& r = log[i];
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i),
-                    Py_BuildValue("(s(LLL)(LLL)LLLL)", r.kernel.c_str(), r.shape.grid[0], r.shape.grid[1],
-                                  r.shape.grid[2], r.shape.block[0], r.shape.block[1], r.shape.block[2],
-                                  r.shape.cluster, r.shape.dynamic_smem, r.static_smem, r.threads_run));
+    PyList_SET_ITEM(
+        list, static_cast<Py_ssize_t>(i),
+        Py_BuildValue("(s(LLL)(LLL)LLLLL)", r.kernel.c_str(), r.shape.grid[0], r.shape.grid[1], r.shape.grid[2],
+                      r.shape.block[0], r.shape.block[1], r.shape.block[2], r.shape.cluster, r.shape.dynamic_smem,
+                      r.static_smem, r.threads_run, r.threads_working));
   }
   return list;
 }

@@ -468,7 +468,8 @@ std::string kernel_name(const void* kernel) {
   return name;
 }
 
-void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body)(const void*), const void* ctx) {
+void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body)(const void*), const void* ctx,
+                std::size_t ctx_bytes) {
   TORCH_CHECK(tls_launch == nullptr, "norm_ext SIMT: a kernel launched another kernel");
   const std::string err = plans::launch_error(shape, kernel_attributes(kernel), plans::kH200);
   TORCH_CHECK(err.empty(), "norm_ext SIMT: launch of ", kernel_name(kernel), " rejected: ", err);
@@ -481,6 +482,7 @@ void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body
   l.threads_per_block = static_cast<unsigned>(plans::threads_of(shape));
   l.body = body;
   l.body_ctx = ctx;
+  l.body_ctx_bytes = ctx_bytes;
   l.schedule = schedule();
   l.number = g_launch_number++;
   l.rng.seed(mix(schedule_seed(), l.number));
@@ -517,29 +519,30 @@ void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body
     free_cluster(c);
     if (l.failed) break;
   }
+  if (!l.failed) l.threads_working = checker_threads_working(l);
   checker_launch_end();
   tls_launch = nullptr;
   TORCH_CHECK(!l.failed, l.error);
 
   const std::lock_guard<std::mutex> lock(g_log_mutex);
-  if (g_log_enabled) g_log.push_back({kernel_name(kernel), shape, l.max_static_smem, l.threads_run});
+  if (g_log_enabled) g_log.push_back({kernel_name(kernel), shape, l.max_static_smem, l.threads_run, l.threads_working});
 }
 
 // ----- the API the kernels call (simt/cuda_api.h) -------------------------------------------------
 
-const uint3& thread_idx() {
+uint3 thread_idx() {
   return tls_thread->tid;
 }
 
-const uint3& block_idx() {
+uint3 block_idx() {
   return tls_thread->block->idx;
 }
 
-const dim3& block_dim() {
+dim3 block_dim() {
   return tls_launch->block;
 }
 
-const dim3& grid_dim() {
+dim3 grid_dim() {
   return tls_launch->grid;
 }
 

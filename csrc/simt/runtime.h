@@ -13,6 +13,7 @@
 // that exited, deadlocks, and with the checked build races and out-of-bounds accesses) stop the
 // launch and are thrown as c10::Error naming the kernel, block, thread and address.
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -41,6 +42,10 @@ struct LaunchRecord {
   plans::LaunchShape shape;
   std::int64_t static_smem;
   std::int64_t threads_run;  // total threads that executed
+  // Threads that had global memory of their own (a byte written, or read by at most two threads): the
+  // lanes that did the launch's work. Counted by the checked build, which sees every access; -1 in
+  // the plain build.
+  std::int64_t threads_working;
 };
 
 // Records every launch while enabled.
@@ -64,8 +69,11 @@ TrafficCount traffic_total();
 // Name of a kernel for reports: its demangled symbol where the dynamic linker knows it.
 std::string kernel_name(const void* kernel);
 
-// Runs `body` (the kernel called with its arguments) as the launch `shape` of `kernel`. Validates the
-// shape first (plans::launch_error) and throws on an invalid one without running anything.
-void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body)(const void*), const void* ctx);
+// Runs `body` (the kernel called with its arguments, `ctx`) as the launch `shape` of `kernel`. Validates
+// the shape first (plans::launch_error) and throws on an invalid one without running anything. The
+// `ctx_bytes` bytes at `ctx` are the launch's parameter space: the checked build neither counts reads
+// of it as global-memory traffic nor as a thread's work.
+void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body)(const void*), const void* ctx,
+                std::size_t ctx_bytes);
 
 }  // namespace norm_ext::simt

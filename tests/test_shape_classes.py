@@ -1,0 +1,47 @@
+"""Every shape class keeps an H200 busy (norm_ext.bench.shape_classes, issue 20 part 5): per launch of
+each class, at least one block per SM unless the class says why less work cannot, and (checked build,
+which sees the threads' accesses) more than half the launched threads doing work, at every C. The
+table: benchmarks/results/launch-shapes.md, from ``python -m norm_ext.bench.shape_classes``."""
+
+import pytest
+from conftest import SIMT, needs_checked_simt
+
+from norm_ext.bench import shape_classes as sc
+
+CLASSES = [pytest.param(c, id=c.id) for c in sc.CLASSES]
+
+
+def _problems(rows):
+    return [f"{r.kernel} grid {r.grid} block {r.block}: {'; '.join(r.problems())}" for r in rows if r.problems()]
+
+
+@pytest.mark.parametrize("device", [SIMT])
+@pytest.mark.parametrize("shape_class", CLASSES)
+def test_launches_fill_the_gpu(shape_class, device):
+    rows = sc.measure(shape_class)
+    assert rows, "the class launched no kernel"
+    assert not _problems(rows), _problems(rows)
+
+
+@needs_checked_simt
+@pytest.mark.parametrize("device", [SIMT])
+@pytest.mark.parametrize("shape_class", CLASSES)
+def test_most_threads_work(shape_class, device):
+    rows = sc.measure(shape_class)
+    assert all(r.working is not None for r in rows), "the checked build counts the working threads"
+    assert not _problems(rows), _problems(rows)
+
+
+def _row(kernel="k", blocks=sc.H200_SMS, working=1.0, small=None):
+    shape_class = sc.ShapeClass("c", "family", "shape", lambda: None, small)
+    return sc.LaunchRow(shape_class, kernel, (blocks, 1, 1), (256, 1, 1), 1, blocks, working)
+
+
+def test_the_rules_catch_idle_launches():
+    assert _row().problems() == []
+    assert _row(blocks=sc.H200_SMS - 1).problems() == [f"{sc.H200_SMS - 1} blocks for {sc.H200_SMS} SMs"]
+    assert _row(blocks=1, small="one row").problems() == []
+    # The old BatchNorm [rows][C] kernel at C = 1: one lane of 32 had a channel.
+    assert _row(working=1 / 32).problems() == ["3% of the threads work"]
+    assert _row(working=0.5).problems() == ["50% of the threads work"]
+    assert _row(kernel="merge_partials_kernel", blocks=1, working=1 / 256).problems() == []
