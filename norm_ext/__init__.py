@@ -19,7 +19,6 @@ from . import (
     nn,
     ops,  # noqa: F401  (fake kernels and autograd formulas)
 )
-from .distributed import convert_sync_batchnorm, revert_sync_batchnorm
 from .fold import FoldReport, fold_batchnorm
 from .functional import (
     add_layer_norm,
@@ -30,6 +29,7 @@ from .functional import (
     layer_norm,
     rms_norm,
 )
+from .nn import convert_sync_batchnorm, revert_sync_batchnorm
 from .parametrizations import remove_weight_norm, weight_norm
 from .patching import ReplaceReport, replace_norms
 

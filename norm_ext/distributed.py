@@ -1,5 +1,6 @@
-"""Everything norm_ext exchanges between ranks: SyncBatchNorm's statistics and gradient sums,
-PowerNorm's quadratic-mean statistics, and the module conversions.
+"""Everything norm_ext exchanges between ranks: SyncBatchNorm's statistics and gradient sums, and
+PowerNorm's quadratic-mean statistics. Collectives only: this module knows no norm_ext module (the
+model conversions live with the modules, in norm_ext.nn.batchnorm).
 
 Per training step a synchronised batch norm runs exactly two collectives, both through the process
 group's own backend (NCCL for CUDA tensors, gloo for CPU tensors):
@@ -31,8 +32,6 @@ __all__ = [
     "sync_group_name",
     "all_gather_stats",
     "all_reduce_sums",
-    "convert_sync_batchnorm",
-    "revert_sync_batchnorm",
     "count_collectives",
 ]
 
@@ -93,61 +92,6 @@ def all_reduce_sums(sum_dy: Tensor, sum_dy_xhat: Tensor, group_name: str) -> Tup
     channels = sum_dy.numel()
     reduced = funcol.all_reduce(torch.cat([sum_dy, sum_dy_xhat]), "sum", group_name)
     return reduced[:channels], reduced[channels:]
-
-
-def _move_state(src: torch.nn.Module, dst: torch.nn.Module) -> torch.nn.Module:
-    # The same Parameter and buffer objects move over, so optimizer state, requires_grad, device and
-    # dtype are kept; dst was built on the meta device and holds nothing of its own.
-    dst.weight, dst.bias = src.weight, src.bias
-    dst.running_mean, dst.running_var = src.running_mean, src.running_var
-    dst.num_batches_tracked = src.num_batches_tracked
-    dst.train(src.training)
-    if hasattr(src, "qconfig"):
-        dst.qconfig = src.qconfig
-    return dst
-
-
-def convert_sync_batchnorm(
-    module: torch.nn.Module, process_group: Optional[dist.ProcessGroup] = None
-) -> torch.nn.Module:
-    """Replaces every BatchNorm*d (torch's or norm_ext's, and torch.nn.SyncBatchNorm) in ``module``
-    with :class:`norm_ext.nn.SyncBatchNorm` over ``process_group``, as
-    :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm` does. Parameters and buffers are the same
-    objects afterwards. MaskedBatchNorm1d is left alone (it takes its own process_group)."""
-    from .nn import MaskedBatchNorm1d, SyncBatchNorm
-
-    out = module
-    convertible = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-    if convertible and not isinstance(module, (MaskedBatchNorm1d, SyncBatchNorm)):
-        out = SyncBatchNorm(
-            module.num_features,
-            module.eps,
-            module.momentum,
-            module.affine,
-            module.track_running_stats,
-            process_group,
-            device="meta",
-        )
-        _move_state(module, out)
-    for name, child in module.named_children():
-        out.add_module(name, convert_sync_batchnorm(child, process_group))
-    return out
-
-
-def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """Replaces every SyncBatchNorm (norm_ext's or torch's) with :class:`norm_ext.nn.BatchNormNd`,
-    for single-device use or export. Parameters and buffers are the same objects afterwards."""
-    from .nn import BatchNormNd, SyncBatchNorm
-
-    out = module
-    if isinstance(module, (SyncBatchNorm, torch.nn.SyncBatchNorm)):
-        out = BatchNormNd(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
-        )
-        _move_state(module, out)
-    for name, child in module.named_children():
-        out.add_module(name, revert_sync_batchnorm(child))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------

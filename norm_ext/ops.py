@@ -11,8 +11,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import distributed
-
 _ops = torch.ops.norm_ext
 
 
@@ -403,87 +401,6 @@ def _batch_norm_backward_reduce_fake(grad_out, input, mean, invstd, pad_mask=Non
 @torch.library.register_fake("norm_ext::batch_norm_backward_elemt")
 def _batch_norm_backward_elemt_fake(grad_out, input, mean, invstd, weight, mean_dy, mean_dy_xhat, pad_mask=None):
     return _bn_output_like(input)
-
-
-def _param_grad(sum_: Tensor, param: Optional[Tensor], needed: bool) -> Optional[Tensor]:
-    return sum_.to(param.dtype) if needed and param is not None else None
-
-
-class BatchNormTrain(torch.autograd.Function):
-    """Batch-statistics normalization. With ``group_name`` the per-rank (count, mean, m2) are merged
-    across that process group in the forward, and the backward's per-channel sums are all-reduced.
-
-    Returns ``(out, mean, m2, count)``: the statistics (non-differentiable) feed the running-stat
-    update. ``count`` is a float64 scalar tensor, so nothing here reads a value on the host.
-    Weight/bias gradients are this rank's own sums, as in torch.nn.SyncBatchNorm (DDP averages them).
-    """
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, pad_mask, eps: float, group_name: Optional[str]):
-        per_channel = input.numel() // max(input.shape[1], 1)
-        if group_name is None and pad_mask is None:
-            # Nothing to merge between the statistics and the normalization: one op, which on CPU
-            # reads a channels-first x once instead of twice (and likewise dy and x in the backward).
-            out, mean, m2, invstd = _ops.batch_norm_train(input, weight, bias, eps)
-            count = input.new_full((), per_channel, dtype=torch.float64)
-        else:
-            count, mean, m2 = _ops.batch_norm_stats(input, pad_mask)
-            count = count.to(torch.float64)
-            if group_name is not None:
-                count, mean, m2 = distributed.all_gather_stats(count, mean, m2, group_name, per_channel)
-            invstd = torch.rsqrt(m2 / count.clamp(min=1) + eps)
-            out = _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
-        ctx.save_for_backward(input, weight, bias, pad_mask, mean, invstd, count)
-        ctx.group_name = group_name
-        ctx.mark_non_differentiable(mean, m2, count)
-        return out, mean, m2, count
-
-    @staticmethod
-    def backward(ctx, grad_out, *unused_stat_grads):
-        input, weight, bias, pad_mask, mean, invstd, count = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_input = None
-        if needs_input and ctx.group_name is None and pad_mask is None:
-            grad_input, sum_dy, sum_dy_xhat = _ops.batch_norm_train_backward(grad_out, input, mean, invstd, weight)
-        else:
-            sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
-            if needs_input:
-                total_dy, total_dy_xhat = sum_dy, sum_dy_xhat
-                if ctx.group_name is not None:
-                    total_dy, total_dy_xhat = distributed.all_reduce_sums(sum_dy, sum_dy_xhat, ctx.group_name)
-                n = count.clamp(min=1)
-                grad_input = _ops.batch_norm_backward_elemt(
-                    grad_out, input, mean, invstd, weight, total_dy / n, total_dy_xhat / n, pad_mask
-                )
-        grad_weight = _param_grad(sum_dy_xhat, weight, needs_weight)
-        grad_bias = _param_grad(sum_dy, bias, needs_bias)
-        return grad_input, grad_weight, grad_bias, None, None, None
-
-
-class BatchNormEval(torch.autograd.Function):
-    """Normalization by fixed statistics (running stats): no reduction in the forward, and
-    dx = weight * invstd * dy."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, pad_mask, mean, var, eps: float):
-        acc = _acc_dtype(input.dtype)
-        mean = mean.to(acc)
-        invstd = torch.rsqrt(var.to(acc) + eps)
-        ctx.save_for_backward(input, weight, bias, pad_mask, mean, invstd)
-        return _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        input, weight, bias, pad_mask, mean, invstd = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_weight = grad_bias = grad_input = None
-        if needs_weight or needs_bias:
-            sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
-            grad_weight = _param_grad(sum_dy_xhat, weight, needs_weight)
-            grad_bias = _param_grad(sum_dy, bias, needs_bias)
-        if needs_input:
-            grad_input = _ops.batch_norm_backward_elemt(grad_out, input, mean, invstd, weight, None, None, pad_mask)
-        return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from typing import Callable, Iterable, List, Tuple
 import torch
 from torch import nn
 
+from . import nn as norm_ext_nn
+
 __all__ = ["replace_norms", "NormReplacement", "SkippedNorm", "ReplaceReport", "NORM_KINDS"]
 
 NORM_KINDS = ("layer_norm", "rms_norm", "batch_norm", "group_norm")
@@ -69,8 +71,6 @@ def _type_name(module: nn.Module) -> str:
 
 
 def _norm_ext_module(name: str) -> type | None:
-    from . import nn as norm_ext_nn
-
     return getattr(norm_ext_nn, name, None)
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import DEVICES, GPU_DEVICES, on_simt
-from tolerances import BACKWARD, FORWARD, assert_close_to_reference
+from tolerances import BACKWARD, FORWARD, assert_close_to_reference, assert_grads_close_to_reference, leaf
 
 import norm_ext
 from norm_ext import reference, simt
@@ -51,26 +51,14 @@ def _make_input(shape, dtype, device, channels_last, scale=2.0, offset=0.5):
     return x.contiguous(memory_format=_memory_format(len(shape))) if channels_last else x
 
 
-def _leaf(t):
-    return None if t is None else t.detach().requires_grad_(True)
-
-
 def check_group_norm(x, num_groups, w, b, eps, dtype, activation=None):
-    x, w, b = _leaf(x), _leaf(w), _leaf(b)
+    x, w, b = leaf(x), leaf(w), leaf(b)
     y = norm_ext.group_norm(x, num_groups, w, b, eps, activation=activation)
     assert y.dtype == x.dtype and y.shape == x.shape and y.stride() == x.stride()
-    x64, w64, b64 = (_leaf(None if t is None else t.double()) for t in (x, w, b))
+    x64, w64, b64 = (leaf(t, torch.float64) for t in (x, w, b))
     y64 = reference.group_norm(x64, num_groups, w64, b64, eps, activation)
     assert_close_to_reference(y, y64, dtype, FORWARD, "output")
-
-    dy = torch.randn_like(y)
-    leaves = [t for t in (x, w, b) if t is not None]
-    leaves64 = [t for t in (x64, w64, b64) if t is not None]
-    grads = torch.autograd.grad(y, leaves, dy)
-    grads64 = torch.autograd.grad(y64, leaves64, dy.double())
-    for name, g, g64, leaf in zip(("dx", "dweight", "dbias"), grads, grads64, leaves):
-        assert g.dtype == leaf.dtype and g.shape == leaf.shape
-        assert_close_to_reference(g, g64, dtype, BACKWARD, name)
+    grads = assert_grads_close_to_reference(y, y64, (x, w, b), (x64, w64, b64), dtype)
     assert grads[0].stride() == x.stride()
 
 

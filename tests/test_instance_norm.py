@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import DEVICES
-from tolerances import BACKWARD, FORWARD, assert_close_to_reference
+from tolerances import BACKWARD, FORWARD, assert_close_to_reference, assert_grads_close_to_reference, leaf
 
 import norm_ext
 from norm_ext import reference
@@ -28,14 +28,10 @@ def test_functional_parity(dtype, channels_last, device):
     b = torch.randn(7, dtype=dtype, device=device, requires_grad=True)
     y = norm_ext.instance_norm(x, weight=w, bias=b)
     assert y.stride() == x.stride()
-    leaves64 = [t.detach().double().requires_grad_(True) for t in (x, w, b)]
+    leaves64 = [leaf(t, torch.float64) for t in (x, w, b)]
     y64 = reference.instance_norm(*leaves64)
     assert_close_to_reference(y, y64, dtype, FORWARD, "output")
-    dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, (x, w, b), dy)
-    grads64 = torch.autograd.grad(y64, leaves64, dy.double())
-    for name, g, g64 in zip(("dx", "dweight", "dbias"), grads, grads64):
-        assert_close_to_reference(g, g64, dtype, BACKWARD, name)
+    assert_grads_close_to_reference(y, y64, (x, w, b), leaves64, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

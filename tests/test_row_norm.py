@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import DEVICES, GPU_DEVICES, SIMT, needs_cuda
-from tolerances import BACKWARD, FORWARD, assert_close_to_reference
+from tolerances import BACKWARD, FORWARD, assert_close_to_reference, assert_grads_close_to_reference, leaf
 
 import norm_ext
 from norm_ext import reference, simt
@@ -32,12 +32,8 @@ def _params(normalized_shape, dtype, device, with_weight=True, with_bias=True, p
     return w, b
 
 
-def _leaf(t):
-    return None if t is None else t.detach().requires_grad_(True)
-
-
 def _check_forward_backward(kind, x, normalized_shape, w, b, eps, dtype, **extra):
-    x, w, b = _leaf(x), _leaf(w), _leaf(b)
+    x, w, b = leaf(x), leaf(w), leaf(b)
     if kind == "layer":
         y = norm_ext.layer_norm(x, normalized_shape, w, b, eps, **extra)
     else:
@@ -45,25 +41,13 @@ def _check_forward_backward(kind, x, normalized_shape, w, b, eps, dtype, **extra
         b = None
     assert y.dtype == x.dtype and y.shape == x.shape
     zc = extra.get("zero_centered_weight", False)
-    x64, w64, b64 = (
-        _leaf(x.double()),
-        _leaf(None if w is None else w.double()),
-        _leaf(None if b is None else b.double()),
-    )
+    x64, w64, b64 = (leaf(t, torch.float64) for t in (x, w, b))
     if kind == "layer":
         y64 = reference.layer_norm(x64, normalized_shape, w64, b64, eps, zero_centered_weight=zc)
     else:
         y64 = reference.rms_norm(x64, normalized_shape, w64, eps, zero_centered_weight=zc)
     assert_close_to_reference(y, y64, dtype, FORWARD, "output")
-
-    dy = torch.randn_like(y)
-    leaves = [t for t in (x, w, b) if t is not None]
-    leaves64 = [t for t in (x64, w64, b64) if t is not None]
-    grads = torch.autograd.grad(y, leaves, dy)
-    grads64 = torch.autograd.grad(y64, leaves64, dy.double())
-    for name, g, g64, leaf in zip(("dx", "dweight", "dbias"), grads, grads64, leaves):
-        assert g.dtype == leaf.dtype
-        assert_close_to_reference(g, g64, dtype, BACKWARD, name)
+    assert_grads_close_to_reference(y, y64, (x, w, b), (x64, w64, b64), dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

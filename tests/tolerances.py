@@ -43,3 +43,23 @@ def assert_close_to_reference(actual, expected, dtype, table=FORWARD, what=""):
         atol=atol * scale,
         msg=lambda m: f"{what}: {m}",
     )
+
+
+def leaf(t, dtype=None):
+    """A fresh autograd leaf holding t (cast to dtype if given), or None for None."""
+    if t is None:
+        return None
+    return (t.detach() if dtype is None else t.detach().to(dtype)).requires_grad_(True)
+
+
+def assert_grads_close_to_reference(y, y64, inputs, inputs64, dtype, names=("dx", "dweight", "dbias")):
+    """Backpropagates one random dy through y and through its float64 reference y64, and compares the
+    gradient of each input with that of its float64 twin. None inputs are skipped. Returns the grads."""
+    kept = [(n, t, t64) for n, t, t64 in zip(names, inputs, inputs64) if t is not None]
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [t for _, t, _ in kept], dy)
+    grads64 = torch.autograd.grad(y64, [t64 for _, _, t64 in kept], dy.double())
+    for (name, t, _), g, g64 in zip(kept, grads, grads64):
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        assert_close_to_reference(g, g64, dtype, BACKWARD, name)
+    return grads

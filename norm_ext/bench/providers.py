@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Dict, List
+from typing import Any, Callable, ContextManager, Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -138,31 +138,34 @@ def _import(module: str):
         return None, f"{module} not importable ({first_line})"
 
 
-def apex(device: str) -> Provider:
-    mod, why = _import("apex.normalization.fused_layer_norm")
+def _library(name: str, module: str, functions: Callable[[Any], Dict[str, Callable]]) -> Provider:
+    """A CUDA-only provider whose functions ``functions(mod)`` builds from the imported ``module``, or
+    one that says why it is unavailable."""
+    mod, why = _import(module)
     if mod is None:
-        return Provider("apex", unavailable=why)
-    return Provider(
+        return Provider(name, unavailable=why)
+    return Provider(name, functions(mod), cuda_only=True)
+
+
+def apex(device: str) -> Provider:
+    return _library(
         "apex",
-        {
+        "apex.normalization.fused_layer_norm",
+        lambda mod: {
             "layer_norm": lambda x, shape, w, b, eps: mod.fused_layer_norm_affine(x, w, b, shape, eps),
             "rms_norm": lambda x, shape, w, eps: mod.fused_rms_norm_affine(x, w, shape, eps),
         },
-        cuda_only=True,
     )
 
 
 def liger(device: str) -> Provider:
-    mod, why = _import("liger_kernel.transformers.functional")
-    if mod is None:
-        return Provider("liger", unavailable=why)
-    return Provider(
+    return _library(
         "liger",
-        {
+        "liger_kernel.transformers.functional",
+        lambda mod: {
             "layer_norm": lambda x, shape, w, b, eps: mod.liger_layer_norm(x, w, b, eps),
             "rms_norm": lambda x, shape, w, eps: mod.liger_rms_norm(x, w, eps, 0.0, "llama", False),
         },
-        cuda_only=True,
     )
 
 
@@ -209,12 +212,10 @@ _TE_MODULES: Dict[tuple, torch.nn.Module] = {}
 
 
 def flash_attn_triton(device: str) -> Provider:
-    mod, why = _import("flash_attn.ops.triton.layer_norm")
-    if mod is None:
-        return Provider("flash_attn", unavailable=why)
-    return Provider(
+    return _library(
         "flash_attn",
-        {
+        "flash_attn.ops.triton.layer_norm",
+        lambda mod: {
             "layer_norm": lambda x, shape, w, b, eps: mod.layer_norm_fn(x, w, b, eps=eps),
             "rms_norm": lambda x, shape, w, eps: mod.rms_norm_fn(x, w, None, eps=eps),
             "add_layer_norm": lambda x, r, shape, w, b, eps: mod.layer_norm_fn(
@@ -222,7 +223,6 @@ def flash_attn_triton(device: str) -> Provider:
             ),
             "add_rms_norm": lambda x, r, shape, w, eps: mod.rms_norm_fn(x, w, None, residual=r, eps=eps, prenorm=True),
         },
-        cuda_only=True,
     )
 
 

@@ -1,6 +1,15 @@
 """Modules. Constructors match torch.nn, and state_dicts are interchangeable with torch.nn's."""
 
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormNd, MaskedBatchNorm1d, SyncBatchNorm
+from .batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    BatchNormNd,
+    MaskedBatchNorm1d,
+    SyncBatchNorm,
+    convert_sync_batchnorm,
+    revert_sync_batchnorm,
+)
 from .fused import AddLayerNorm, AddRMSNorm
 from .group_norm import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .normalization import LayerNorm, RMSNorm
@@ -22,4 +31,6 @@ __all__ = [
     "BatchNormNd",
     "SyncBatchNorm",
     "MaskedBatchNorm1d",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
 ]

@@ -17,7 +17,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import distributed
 from .. import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormNd", "SyncBatchNorm", "MaskedBatchNorm1d"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "BatchNormNd",
+    "SyncBatchNorm",
+    "MaskedBatchNorm1d",
+    "convert_sync_batchnorm",
+    "revert_sync_batchnorm",
+]
 
 
 def _module_forward(
@@ -138,7 +147,7 @@ class SyncBatchNorm(_GroupBatchNorm):
     @classmethod
     def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group: Optional[Any] = None) -> torch.nn.Module:
         """See :func:`norm_ext.convert_sync_batchnorm`."""
-        return distributed.convert_sync_batchnorm(module, process_group)
+        return convert_sync_batchnorm(module, process_group)
 
 
 class MaskedBatchNorm1d(_GroupBatchNorm):
@@ -175,3 +184,52 @@ class MaskedBatchNorm1d(_GroupBatchNorm):
         rows = input.reshape(batch * steps, channels)
         out = _module_forward(self, rows, sync=sync, process_group=self.process_group, pad_mask=rows_mask)
         return out.view(batch, steps, channels)
+
+
+def _move_state(src: torch.nn.Module, dst: torch.nn.Module) -> torch.nn.Module:
+    # The same Parameter and buffer objects move over, so optimizer state, requires_grad, device and
+    # dtype are kept; dst was built on the meta device and holds nothing of its own.
+    dst.weight, dst.bias = src.weight, src.bias
+    dst.running_mean, dst.running_var = src.running_mean, src.running_var
+    dst.num_batches_tracked = src.num_batches_tracked
+    dst.train(src.training)
+    if hasattr(src, "qconfig"):
+        dst.qconfig = src.qconfig
+    return dst
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, process_group: Optional[Any] = None) -> torch.nn.Module:
+    """Replaces every BatchNorm*d (torch's or norm_ext's, and torch.nn.SyncBatchNorm) in ``module``
+    with :class:`norm_ext.nn.SyncBatchNorm` over ``process_group``, as
+    :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm` does. Parameters and buffers are the same
+    objects afterwards. MaskedBatchNorm1d is left alone (it takes its own process_group)."""
+    out = module
+    convertible = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    if convertible and not isinstance(module, (MaskedBatchNorm1d, SyncBatchNorm)):
+        out = SyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            process_group,
+            device="meta",
+        )
+        _move_state(module, out)
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, process_group))
+    return out
+
+
+def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replaces every SyncBatchNorm (norm_ext's or torch's) with :class:`norm_ext.nn.BatchNormNd`,
+    for single-device use or export. Parameters and buffers are the same objects afterwards."""
+    out = module
+    if isinstance(module, (SyncBatchNorm, torch.nn.SyncBatchNorm)):
+        out = BatchNormNd(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, device="meta"
+        )
+        _move_state(module, out)
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out
