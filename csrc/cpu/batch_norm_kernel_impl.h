@@ -1,5 +1,5 @@
 // Implementation of the CPU batch-norm kernels, included once per instruction set by
-// batch_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// kernels_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Channels-first input ([N][C][inner]) is reduced plane by plane: each (n, c) plane is contiguous,
 // so its sum / centred sum of squares are vectorized two-pass reductions, and planes merge into the
@@ -23,10 +23,12 @@
 #include <vector>
 
 #include "common/welford.h"
-#include "cpu/batch_norm_kernel.h"
+#include "cpu/kernels.h"
 #include "cpu/vec_convert.h"
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
+// The helpers of each family have a namespace of their own: the families share one translation unit.
+namespace batch_norm_detail {
 namespace {
 
 using at::vec::Vectorized;
@@ -647,8 +649,10 @@ void train_backward(const in_t* dy, const in_t* x, in_t* dx, const BatchNormShap
 }
 
 }  // namespace
+}  // namespace batch_norm_detail
 
 void batch_norm_stats(const BatchNormStatsArgs& a) {
+  using namespace batch_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_batch_norm_stats_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto* x = static_cast<const scalar_t*>(a.x);
@@ -664,6 +668,7 @@ void batch_norm_stats(const BatchNormStatsArgs& a) {
 }
 
 void batch_norm_train(const BatchNormTrainArgs& a) {
+  using namespace batch_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_batch_norm_train_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     train_forward<scalar_t>(static_cast<const scalar_t*>(a.x), static_cast<scalar_t*>(a.out), a.shape,
@@ -674,6 +679,7 @@ void batch_norm_train(const BatchNormTrainArgs& a) {
 }
 
 void batch_norm_train_backward(const BatchNormTrainBackwardArgs& a) {
+  using namespace batch_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_batch_norm_train_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     train_backward<scalar_t>(static_cast<const scalar_t*>(a.dy), static_cast<const scalar_t*>(a.x),
@@ -684,6 +690,7 @@ void batch_norm_train_backward(const BatchNormTrainBackwardArgs& a) {
 }
 
 void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& a) {
+  using namespace batch_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_batch_norm_backward_reduce_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto* dy = static_cast<const scalar_t*>(a.dy);
@@ -700,6 +707,7 @@ void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& a) {
 }
 
 void batch_norm_affine(const BatchNormAffineArgs& a) {
+  using namespace batch_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_batch_norm_affine_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const AffineCoefs<acc_t> k{static_cast<const acc_t*>(a.mean), static_cast<const acc_t*>(a.scale),

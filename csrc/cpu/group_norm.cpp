@@ -7,7 +7,7 @@
 #include <torch/library.h>
 
 #include "cpu/backend.h"
-#include "cpu/group_norm_kernel.h"
+#include "cpu/kernels.h"
 #include "ops/group_norm.h"
 
 namespace norm_ext {

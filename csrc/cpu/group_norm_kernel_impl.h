@@ -1,6 +1,6 @@
 // Implementation of the GroupNorm CPU kernels (and of InstanceNorm, which is GroupNorm with G = C),
 // with an optional fused SiLU on the output; included once per instruction set by
-// group_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// kernels_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Contiguous (NCHW) input whose groups fit in L2 (kFusedGroupElements) is processed one (n, g) group
 // per work item: the forward (statistics, then output) or the backward (per-channel sums of dz and
@@ -45,10 +45,12 @@
 #include <vector>
 
 #include "common/welford.h"
-#include "cpu/group_norm_kernel.h"
+#include "cpu/kernels.h"
 #include "cpu/vec_convert.h"
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
+// The helpers of each family have a namespace of their own: the families share one translation unit.
+namespace group_norm_detail {
 namespace {
 
 using at::vec::Vectorized;
@@ -927,8 +929,10 @@ void with_silu_flag(bool silu, const F& f) {
 }
 
 }  // namespace
+}  // namespace group_norm_detail
 
 void group_norm_fwd(const GroupNormFwdArgs& a) {
+  using namespace group_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_group_norm_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const GroupNormShape& s = a.shape;
@@ -958,6 +962,7 @@ void group_norm_fwd(const GroupNormFwdArgs& a) {
 }
 
 void group_norm_bwd(const GroupNormBwdArgs& a) {
+  using namespace group_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_group_norm_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const GroupNormShape& s = a.shape;

@@ -1,6 +1,6 @@
 #pragma once
-// Runtime choice of the CPU kernels' instruction set. Each kernel family is compiled three times from
-// one implementation header:
+// Runtime choice of the CPU kernels' instruction set. Every kernel family is compiled three times from
+// its implementation header, once in each of kernels_{default,avx2,avx512}.cpp (see kernels.h):
 //   - for the baseline x86-64 ISA, where at::vec falls back to its portable (scalar-array) Vectorized
 //     and the library stays loadable everywhere;
 //   - for AVX2+FMA+F16C, where at::vec uses 256-bit intrinsics (1.5-3x the baseline on memory-bound
@@ -54,26 +54,3 @@ inline const char* isa_name(Isa isa) {
 }
 
 }  // namespace norm_ext::cpu
-
-// Declares an entry point's signature in each instruction set's namespace.
-#define NORM_EXT_DECLARE_PER_ISA(...) \
-  namespace isa_default {             \
-  __VA_ARGS__;                        \
-  }                                   \
-  namespace isa_avx2 {                \
-  __VA_ARGS__;                        \
-  }                                   \
-  namespace isa_avx512 {              \
-  __VA_ARGS__;                        \
-  }
-
-// Calls the entry point `fn` of the instruction set detect_isa() chose.
-#define NORM_EXT_CALL_PER_ISA(fn, ...)     \
-  switch (::norm_ext::cpu::detect_isa()) { \
-    case ::norm_ext::cpu::Isa::kAvx512:    \
-      return isa_avx512::fn(__VA_ARGS__);  \
-    case ::norm_ext::cpu::Isa::kAvx2:      \
-      return isa_avx2::fn(__VA_ARGS__);    \
-    default:                               \
-      return isa_default::fn(__VA_ARGS__); \
-  }

@@ -1,4 +1,4 @@
-// Included first by every *_kernel_avx2.cpp and *_kernel_avx512.cpp (see isa.h), after it defines
+// Included first by kernels_avx2.cpp and kernels_avx512.cpp (see kernels.h), after they define
 // NORM_EXT_TARGET_AVX2 or NORM_EXT_TARGET_AVX512; no include guard on purpose.
 //
 // Headers other than at::vec are included before the target pragma, so they compile for the

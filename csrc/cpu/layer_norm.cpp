@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "cpu/backend.h"
-#include "cpu/row_norm_kernel.h"
+#include "cpu/kernels.h"
 #include "ops/row_norm.h"
 
 namespace norm_ext {

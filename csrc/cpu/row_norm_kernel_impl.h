@@ -1,5 +1,5 @@
 // Implementation of the CPU row-norm kernels, included once per instruction set by
-// row_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// kernels_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // Rows are independent, so the forward is parallel over rows. The first pass over a row reads it
 // from DRAM and accumulates its first statistic (and, for the fused add, writes the residual stream);
@@ -29,10 +29,12 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/row_norm_kernel.h"
+#include "cpu/kernels.h"
 #include "cpu/vec_convert.h"
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
+// The helpers of each family have a namespace of their own: the families share one translation unit.
+namespace row_norm_detail {
 namespace {
 
 using at::vec::Vectorized;
@@ -309,8 +311,10 @@ void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_
 }
 
 }  // namespace
+}  // namespace row_norm_detail
 
 void row_norm_fwd(const RowNormFwdArgs& a) {
+  using namespace row_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.in_dtype, "norm_ext_row_norm_fwd_cpu", [&] {
     using in_t = scalar_t;
     using acc_t = at::opmath_type<in_t>;
@@ -331,6 +335,7 @@ void row_norm_fwd(const RowNormFwdArgs& a) {
 }
 
 void row_norm_bwd(const RowNormBwdArgs& a) {
+  using namespace row_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.in_dtype, "norm_ext_row_norm_bwd_cpu", [&] {
     using in_t = scalar_t;
     using acc_t = at::opmath_type<in_t>;

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <vector>
 
-#include "cpu/weight_norm_kernel.h"
+#include "cpu/kernels.h"
 #include "ops/weight_norm.h"
 
 namespace norm_ext {

@@ -1,5 +1,5 @@
 // Implementation of the weight-normalization CPU kernels, included once per instruction set by
-// weight_norm_kernel_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
+// kernels_{default,avx2,avx512}.cpp with NORM_EXT_ISA_NAMESPACE set. No include guard on purpose.
 //
 // With a long inner run (dim=0 of a Linear or Conv weight: each slice is a contiguous row) the loops
 // are vectorized along the row; with inner = 1 (dim=-1: the slices themselves are contiguous) they
@@ -20,10 +20,12 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "cpu/vec_convert.h"
-#include "cpu/weight_norm_kernel.h"
 
 namespace norm_ext::cpu::NORM_EXT_ISA_NAMESPACE {
+// The helpers of each family have a namespace of their own: the families share one translation unit.
+namespace weight_norm_detail {
 namespace {
 
 using at::vec::Vectorized;
@@ -167,8 +169,10 @@ void slice_axpby_impl(const in_t* x, const in_t* y, const at::opmath_type<in_t>*
 }
 
 }  // namespace
+}  // namespace weight_norm_detail
 
 void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& a) {
+  using namespace weight_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_rows_fwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool stream = should_stream(static_cast<const scalar_t*>(a.w), a.slices * a.inner);
@@ -190,6 +194,7 @@ void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& a) {
 }
 
 void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& a) {
+  using namespace weight_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_rows_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool stream = should_stream(static_cast<const scalar_t*>(a.grad_v), a.slices * a.inner);
@@ -215,6 +220,7 @@ void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& a) {
 }
 
 void slice_dots(const SliceDotsArgs& a) {
+  using namespace weight_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_dots_cpu", [&] {
     slice_dots_impl<scalar_t>(static_cast<const scalar_t*>(a.a), static_cast<const scalar_t*>(a.b),
                               static_cast<at::opmath_type<scalar_t>*>(a.out), a.layout);
@@ -222,6 +228,7 @@ void slice_dots(const SliceDotsArgs& a) {
 }
 
 void slice_axpby(const SliceAxpbyArgs& a) {
+  using namespace weight_norm_detail;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_weight_norm_axpby_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto* x = static_cast<const scalar_t*>(a.x);

@@ -1,14 +1,12 @@
 #pragma once
-// Type-erased entry points of the CPU row-norm kernels (LayerNorm / RMSNorm, plain or with a fused
-// residual add), one set per instruction set; see isa.h. Pointers are contiguous rows x cols
-// buffers; statistics and affine parameters are in the accumulation type (float, or double for
-// double input), parameters already converted (and offset by 1 when zero-centred) by the caller.
+// Arguments of the CPU row-norm kernels' entry points (cpu/kernels.h): LayerNorm / RMSNorm, plain or
+// with a fused residual add. Pointers are contiguous rows x cols buffers; statistics and affine
+// parameters are in the accumulation type (float, or double for double input), parameters already
+// converted (and offset by 1 when zero-centred) by the caller.
 
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
-
-#include "cpu/isa.h"
 
 namespace norm_ext::cpu {
 
@@ -47,16 +45,5 @@ struct RowNormBwdArgs {
   bool saved_is_output;
   bool rms;
 };
-
-NORM_EXT_DECLARE_PER_ISA(void row_norm_fwd(const RowNormFwdArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void row_norm_bwd(const RowNormBwdArgs& args))
-
-inline void row_norm_fwd(const RowNormFwdArgs& args) {
-  NORM_EXT_CALL_PER_ISA(row_norm_fwd, args)
-}
-
-inline void row_norm_bwd(const RowNormBwdArgs& args) {
-  NORM_EXT_CALL_PER_ISA(row_norm_bwd, args)
-}
 
 }  // namespace norm_ext::cpu

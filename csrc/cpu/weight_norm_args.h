@@ -1,14 +1,11 @@
 #pragma once
-// Type-erased entry points of the CPU weight-normalization kernels, one set per instruction set; see
-// isa.h. v (and grad_w) are contiguous and viewed as (outer, slices, inner), the norm being taken per
-// slice; per-slice vectors are contiguous arrays in the accumulation type (float, or double for
-// double input).
+// Arguments of the CPU weight-normalization kernels' entry points (cpu/kernels.h). v (and grad_w) are
+// contiguous and viewed as (outer, slices, inner), the norm being taken per slice; per-slice vectors
+// are contiguous arrays in the accumulation type (float, or double for double input).
 
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
-
-#include "cpu/isa.h"
 
 namespace norm_ext::cpu {
 
@@ -64,26 +61,5 @@ struct WeightNormRowsBwdArgs {
   void* grad_v;
   void* grad_g;
 };
-
-NORM_EXT_DECLARE_PER_ISA(void slice_dots(const SliceDotsArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void slice_axpby(const SliceAxpbyArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& args))
-
-inline void slice_dots(const SliceDotsArgs& args) {
-  NORM_EXT_CALL_PER_ISA(slice_dots, args)
-}
-
-inline void slice_axpby(const SliceAxpbyArgs& args) {
-  NORM_EXT_CALL_PER_ISA(slice_axpby, args)
-}
-
-inline void weight_norm_rows_fwd(const WeightNormRowsFwdArgs& args) {
-  NORM_EXT_CALL_PER_ISA(weight_norm_rows_fwd, args)
-}
-
-inline void weight_norm_rows_bwd(const WeightNormRowsBwdArgs& args) {
-  NORM_EXT_CALL_PER_ISA(weight_norm_rows_bwd, args)
-}
 
 }  // namespace norm_ext::cpu

@@ -1,14 +1,12 @@
 #pragma once
-// Type-erased entry points of the CPU batch-norm kernels, one set per instruction set; see isa.h.
-// The data is in one of the two layouts of common/batch_norm.h: channels-first [outer = N][C][inner]
-// or channels-last [outer = rows][C] (inner = 1). Per-channel vectors are contiguous arrays in the
-// accumulation type (float, or double for double input), already converted by the caller.
+// Arguments of the CPU batch-norm kernels' entry points (cpu/kernels.h). The data is in one of the
+// two layouts of common/batch_norm.h: channels-first [outer = N][C][inner] or channels-last
+// [outer = rows][C] (inner = 1). Per-channel vectors are contiguous arrays in the accumulation type
+// (float, or double for double input), already converted by the caller.
 
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
-
-#include "cpu/isa.h"
 
 namespace norm_ext::cpu {
 
@@ -86,31 +84,5 @@ struct BatchNormTrainBackwardArgs {
   void* sum_dy;
   void* sum_dy_xhat;
 };
-
-NORM_EXT_DECLARE_PER_ISA(void batch_norm_stats(const BatchNormStatsArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void batch_norm_train(const BatchNormTrainArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args))
-NORM_EXT_DECLARE_PER_ISA(void batch_norm_affine(const BatchNormAffineArgs& args))
-
-inline void batch_norm_stats(const BatchNormStatsArgs& args) {
-  NORM_EXT_CALL_PER_ISA(batch_norm_stats, args)
-}
-
-inline void batch_norm_train(const BatchNormTrainArgs& args) {
-  NORM_EXT_CALL_PER_ISA(batch_norm_train, args)
-}
-
-inline void batch_norm_train_backward(const BatchNormTrainBackwardArgs& args) {
-  NORM_EXT_CALL_PER_ISA(batch_norm_train_backward, args)
-}
-
-inline void batch_norm_backward_reduce(const BatchNormBackwardReduceArgs& args) {
-  NORM_EXT_CALL_PER_ISA(batch_norm_backward_reduce, args)
-}
-
-inline void batch_norm_affine(const BatchNormAffineArgs& args) {
-  NORM_EXT_CALL_PER_ISA(batch_norm_affine, args)
-}
 
 }  // namespace norm_ext::cpu

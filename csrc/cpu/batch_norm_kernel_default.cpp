@@ -1,3 +1,0 @@
-// Batch-norm CPU kernels for the baseline instruction set (see isa.h).
-#define NORM_EXT_ISA_NAMESPACE isa_default
-#include "cpu/batch_norm_kernel_impl.h"

@@ -1,0 +1,12 @@
+// The CPU kernels for AVX-512 with BF16 (see kernels.h and isa.h). The includes are in three blocks, in this
+// order: the entry points first (their inline dispatchers are shared with the baseline build and
+// must compile for the baseline ISA), then the prelude that switches the ISA, then the kernels.
+#include "cpu/kernels.h"
+
+#define NORM_EXT_TARGET_AVX512
+#include "cpu/isa_prelude.h"
+
+#include "cpu/batch_norm_kernel_impl.h"
+#include "cpu/group_norm_kernel_impl.h"
+#include "cpu/row_norm_kernel_impl.h"
+#include "cpu/weight_norm_kernel_impl.h"

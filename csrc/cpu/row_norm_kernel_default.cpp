@@ -1,3 +1,0 @@
-// Row-norm CPU kernels for the baseline instruction set (see isa.h).
-#define NORM_EXT_ISA_NAMESPACE isa_default
-#include "cpu/row_norm_kernel_impl.h"
