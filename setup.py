@@ -137,7 +137,7 @@ class NormExtBuild(BuildExtension):
 def _extensions():
     with_cuda, request = _want_cuda()
     simt = _want_simt()
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/autograd/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # at::parallel_for is a header template whose OpenMP pragma compiles into our objects: without
     # -fopenmp every kernel would silently run on one thread. (Apple clang has no -fopenmp.)
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]

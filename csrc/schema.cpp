@@ -1,5 +1,6 @@
 // The one place every norm_ext op is declared. Kernels register implementations per backend at the
-// end of their own files (csrc/cpu/*.cpp, csrc/cuda/*.cu); Python adds fake kernels and autograd.
+// end of their own files (csrc/cpu/*.cpp, csrc/cuda/*.cu), autograd in csrc/autograd/ or, for the
+// ops not yet moved there, in norm_ext/ops.py; Python adds the fake kernels.
 #include <torch/library.h>
 
 TORCH_LIBRARY(norm_ext, m) {

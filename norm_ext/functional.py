@@ -303,8 +303,9 @@ def _param_grad(sum_: Tensor, param: Optional[Tensor], needed: bool) -> Optional
 
 
 class _BatchNormTrain(torch.autograd.Function):
-    """Batch-statistics normalization. With ``group_name`` the per-rank (count, mean, m2) are merged
-    across that process group in the forward, and the backward's per-channel sums are all-reduced.
+    """Batch-statistics normalization with padding or across ranks (the plain case is the op
+    batch_norm_train). With ``group_name`` the per-rank (count, mean, m2) are merged across that
+    process group in the forward, and the backward's per-channel sums are all-reduced.
 
     Returns ``(out, mean, m2, count)``: the statistics (non-differentiable) feed the running-stat
     update. ``count`` is a float64 scalar tensor, so nothing here reads a value on the host.
@@ -314,18 +315,12 @@ class _BatchNormTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, pad_mask, eps: float, group_name: Optional[str]):
         per_channel = input.numel() // max(input.shape[1], 1)
-        if group_name is None and pad_mask is None:
-            # Nothing to merge between the statistics and the normalization: one op, which on CPU
-            # reads a channels-first x once instead of twice (and likewise dy and x in the backward).
-            out, mean, m2, invstd = _ops.batch_norm_train(input, weight, bias, eps)
-            count = input.new_full((), per_channel, dtype=torch.float64)
-        else:
-            count, mean, m2 = _ops.batch_norm_stats(input, pad_mask)
-            count = count.to(torch.float64)
-            if group_name is not None:
-                count, mean, m2 = distributed.all_gather_stats(count, mean, m2, group_name, per_channel)
-            invstd = torch.rsqrt(m2 / count.clamp(min=1) + eps)
-            out = _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
+        count, mean, m2 = _ops.batch_norm_stats(input, pad_mask)
+        count = count.to(torch.float64)
+        if group_name is not None:
+            count, mean, m2 = distributed.all_gather_stats(count, mean, m2, group_name, per_channel)
+        invstd = torch.rsqrt(m2 / count.clamp(min=1) + eps)
+        out = _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
         ctx.save_for_backward(input, weight, bias, pad_mask, mean, invstd, count)
         ctx.group_name = group_name
         ctx.mark_non_differentiable(mean, m2, count)
@@ -336,18 +331,15 @@ class _BatchNormTrain(torch.autograd.Function):
         input, weight, bias, pad_mask, mean, invstd, count = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_input = None
-        if needs_input and ctx.group_name is None and pad_mask is None:
-            grad_input, sum_dy, sum_dy_xhat = _ops.batch_norm_train_backward(grad_out, input, mean, invstd, weight)
-        else:
-            sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
-            if needs_input:
-                total_dy, total_dy_xhat = sum_dy, sum_dy_xhat
-                if ctx.group_name is not None:
-                    total_dy, total_dy_xhat = distributed.all_reduce_sums(sum_dy, sum_dy_xhat, ctx.group_name)
-                n = count.clamp(min=1)
-                grad_input = _ops.batch_norm_backward_elemt(
-                    grad_out, input, mean, invstd, weight, total_dy / n, total_dy_xhat / n, pad_mask
-                )
+        sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
+        if needs_input:
+            total_dy, total_dy_xhat = sum_dy, sum_dy_xhat
+            if ctx.group_name is not None:
+                total_dy, total_dy_xhat = distributed.all_reduce_sums(sum_dy, sum_dy_xhat, ctx.group_name)
+            n = count.clamp(min=1)
+            grad_input = _ops.batch_norm_backward_elemt(
+                grad_out, input, mean, invstd, weight, total_dy / n, total_dy_xhat / n, pad_mask
+            )
         grad_weight = _param_grad(sum_dy_xhat, weight, needs_weight)
         grad_bias = _param_grad(sum_dy, bias, needs_bias)
         return grad_input, grad_weight, grad_bias, None, None, None
@@ -398,6 +390,18 @@ def _update_running_stats(
                 buffer.copy_(torch.where(has_data, updated, buffer))
 
 
+def _update_running_stats_local(
+    running_mean: Optional[Tensor], running_var: Optional[Tensor], mean: Tensor, m2: Tensor, count: int, momentum: float
+) -> None:
+    if count == 0:
+        return
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        if running_var is not None:
+            running_var.lerp_((m2 / max(count - 1, 1)).to(running_var.dtype), momentum)
+
+
 def _batch_norm(
     input: Tensor,
     running_mean: Optional[Tensor],
@@ -422,8 +426,19 @@ def _batch_norm(
             raise ValueError("batch_norm: running_mean and running_var are required when training=False")
         return _BatchNormEval.apply(input, weight, bias, pad_mask, running_mean, running_var, float(eps))
     if group_name is None and pad_mask is None:
+        # Nothing to merge between the statistics and the normalization: one op (autograd in C++),
+        # which on CPU reads a channels-first x once instead of twice (and likewise dy and x in the
+        # backward).
         _verify_batch_size(input)
-    out, mean, m2, count = _BatchNormTrain.apply(input, weight, bias, pad_mask, float(eps), group_name)
+        out, mean, m2, _ = _ops.batch_norm_train.default(input, weight, bias, float(eps))
+        count = input.numel() // max(input.shape[1], 1)
+        if not isinstance(momentum, Tensor):
+            # The count is known here without reading the device: two in-place updates, not a dozen ops.
+            _update_running_stats_local(running_mean, running_var, mean, m2, count, momentum)
+            return out
+        count = input.new_full((), count, dtype=torch.float64)
+    else:
+        out, mean, m2, count = _BatchNormTrain.apply(input, weight, bias, pad_mask, float(eps), group_name)
     _update_running_stats(running_mean, running_var, mean, m2, count, momentum)
     return out
 

@@ -1,7 +1,8 @@
-"""Python side of the norm_ext ops: fake kernels (shape logic for torch.compile) and autograd.
+"""Python side of the norm_ext ops: fake kernels (shape logic for torch.compile), and the guard
+that makes a double backward through a backward op fail loudly.
 
-The ops themselves are declared in ``csrc/schema.cpp`` and implemented per backend in C++/CUDA.
-Each autograd formula's backward calls the matching backward op, so gradients run in our kernels.
+The ops themselves are declared in ``csrc/schema.cpp`` and implemented per backend in C++/CUDA; their
+autograd is registered in C++ (``csrc/autograd/``), each backward calling the matching backward op.
 """
 
 from __future__ import annotations
@@ -112,101 +113,6 @@ def _rms_norm_backward_fake(
     return grad_input, _param_grad_like(weight, grad_out)
 
 
-# The forward ops' inputs, by position, that the autograd formulas need.
-_LN, _RMS, _ADD_LN, _ADD_RMS = "layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"
-_ARGS = {
-    _LN: ("input", "normalized_shape", "weight", "bias", "eps", "zero_centered_weight", "memory_efficient"),
-    _RMS: ("input", "normalized_shape", "weight", "eps", "zero_centered_weight", "memory_efficient"),
-    _ADD_LN: (
-        "input",
-        "residual",
-        "normalized_shape",
-        "weight",
-        "bias",
-        "eps",
-        "residual_dtype",
-        "zero_centered_weight",
-        "memory_efficient",
-    ),
-    _ADD_RMS: (
-        "input",
-        "residual",
-        "normalized_shape",
-        "weight",
-        "eps",
-        "residual_dtype",
-        "zero_centered_weight",
-        "memory_efficient",
-    ),
-}
-
-
-def _make_row_norm_autograd(name: str):
-    names = _ARGS[name]
-    rms = "bias" not in names
-    fused = "residual" in names
-
-    def setup_context(ctx, inputs, output):
-        args = dict(zip(names, inputs))
-        # An output nobody differentiates (the fused ops' residual stream h when only y is used, the
-        # statistics) then reaches backward as None rather than as zeros of its full size, which the
-        # backward op would read and add: for a 64 MB h, a fresh zero-filled tensor every step.
-        ctx.set_materialize_grads(False)
-        ctx.normalized_shape = list(args["normalized_shape"])
-        ctx.zero_centered = bool(args.get("zero_centered_weight", False))
-        ctx.memory_efficient = bool(args.get("memory_efficient", False))
-        ctx.input_dtype = args["input"].dtype
-        ctx.residual_dtype = args["residual"].dtype if fused else None
-        ctx.has_weight = args["weight"] is not None
-        ctx.has_bias = args.get("bias") is not None
-        out = output[0]
-        stream = output[1] if fused else args["input"]
-        rstd = output[-1]
-        mean = None if rms else output[-2]
-        ctx.save_for_backward(out if ctx.memory_efficient else stream, mean, rstd, args["weight"], args.get("bias"))
-
-    def backward(ctx, grad_out, *grads):
-        saved, mean, rstd, weight, bias = ctx.saved_tensors
-        if grad_out is None:
-            grad_out = saved.new_zeros(saved.shape, dtype=ctx.input_dtype)
-        grad_stream = grads[0] if fused else None
-        # The backward op adds grad_residual in the saved tensor's dtype; in memory-efficient mode the
-        # saved tensor is the output, whose dtype can differ from the residual stream's.
-        fuse_grad_stream = grad_stream is not None and grad_stream.dtype == saved.dtype
-        common = dict(
-            zero_centered_weight=ctx.zero_centered,
-            saved_is_output=ctx.memory_efficient,
-            grad_residual=grad_stream if fuse_grad_stream else None,
-        )
-        if rms:
-            grad_h, grad_weight = _ops.rms_norm_backward(grad_out, saved, ctx.normalized_shape, rstd, weight, **common)
-            grad_bias = None
-        else:
-            grad_h, grad_weight, grad_bias = _ops.layer_norm_backward(
-                grad_out, saved, ctx.normalized_shape, mean, rstd, weight, bias, **common
-            )
-        if grad_stream is not None and not fuse_grad_stream:
-            grad_h = grad_h.to(grad_stream.dtype) + grad_stream
-        grad_weight = grad_weight if ctx.has_weight else None
-        grad_bias = grad_bias if ctx.has_bias else None
-        if fused:
-            grad_input = grad_h.to(ctx.input_dtype)
-            grad_residual = grad_h.to(ctx.residual_dtype)
-            if rms:
-                return grad_input, grad_residual, None, grad_weight, None, None, None, None
-            return grad_input, grad_residual, None, grad_weight, grad_bias, None, None, None, None
-        grad_input = grad_h.to(ctx.input_dtype)
-        if rms:
-            return grad_input, None, grad_weight, None, None, None
-        return grad_input, None, grad_weight, grad_bias, None, None, None
-
-    torch.library.register_autograd(f"norm_ext::{name}", backward, setup_context=setup_context)
-
-
-for _name in _ARGS:
-    _make_row_norm_autograd(_name)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Weight normalization and PowerNorm.
 # ---------------------------------------------------------------------------------------------------
@@ -221,25 +127,6 @@ def _weight_norm_fake(v, g, dim):
 @torch.library.register_fake("norm_ext::weight_norm_backward")
 def _weight_norm_backward_fake(grad_w, v, g, norm, dim):
     return torch.empty_like(v, memory_format=torch.contiguous_format), torch.empty_like(g)
-
-
-def _weight_norm_setup_context(ctx, inputs, output):
-    v, g, dim = inputs
-    ctx.dim = dim
-    ctx.save_for_backward(v, g, output[1])
-
-
-def _weight_norm_backward(ctx, grad_w, grad_norm):
-    v, g, norm = ctx.saved_tensors
-    if grad_w is None:
-        return None, None, None
-    grad_v, grad_g = _ops.weight_norm_backward(grad_w, v, g, norm, ctx.dim)
-    return grad_v, grad_g, None
-
-
-torch.library.register_autograd(
-    "norm_ext::weight_norm", _weight_norm_backward, setup_context=_weight_norm_setup_context
-)
 
 
 @torch.library.register_fake("norm_ext::power_norm_stats")
@@ -260,35 +147,6 @@ def _power_norm_backward_fake(grad_out, input, scale, weight, ema_gz, pad_mask, 
     grad_weight = param.new_empty((input.shape[-1],) if weight is not None else (0,))
     grad_bias = param.new_empty((input.shape[-1],) if has_bias else (0,))
     return grad_input, grad_weight, grad_bias
-
-
-def _power_norm_setup_context(ctx, inputs, output):
-    input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw = inputs
-    ctx.alpha_bkw = alpha_bkw
-    ctx.has_weight = weight is not None
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(input, scale, weight, ema_gz, pad_mask)
-
-
-def _power_norm_backward(ctx, grad_out):
-    input, scale, weight, ema_gz, pad_mask = ctx.saved_tensors
-    # The statistics (scale) are treated as constants: the running-Gamma correction inside the
-    # backward op stands in for their gradient, as in the paper's approximate backward.
-    grad_input, grad_weight, grad_bias = _ops.power_norm_backward(
-        grad_out, input, scale, weight, ema_gz, pad_mask, ctx.alpha_bkw, ctx.has_bias
-    )
-    return (
-        grad_input,
-        None,
-        grad_weight if ctx.has_weight else None,
-        grad_bias if ctx.has_bias else None,
-        None,
-        None,
-        None,
-    )
-
-
-torch.library.register_autograd("norm_ext::power_norm", _power_norm_backward, setup_context=_power_norm_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,41 +178,12 @@ def _group_norm_backward_fake(grad_out, input, num_groups, mean, rstd, weight, b
     return grad_input, _param_grad_like(weight, grad_out), _param_grad_like(bias, grad_out)
 
 
-def _group_norm_setup_context(ctx, inputs, output):
-    input, num_groups, weight, bias, _eps, activation = inputs
-    _, mean, rstd = output
-    ctx.num_groups = num_groups
-    ctx.activation = activation
-    ctx.has_weight = weight is not None
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(input, mean, rstd, weight, bias)
-
-
-def _group_norm_backward(ctx, grad_out, _grad_mean, _grad_rstd):
-    input, mean, rstd, weight, bias = ctx.saved_tensors
-    if grad_out is None:
-        grad_out = torch.zeros_like(input)
-    grad_input, grad_weight, grad_bias = _ops.group_norm_backward(
-        grad_out, input, ctx.num_groups, mean, rstd, weight, bias, ctx.activation
-    )
-    return (
-        grad_input,
-        None,
-        grad_weight if ctx.has_weight else None,
-        grad_bias if ctx.has_bias else None,
-        None,
-        None,
-    )
-
-
-torch.library.register_autograd("norm_ext::group_norm", _group_norm_backward, setup_context=_group_norm_setup_context)
-
-
 # ---------------------------------------------------------------------------------------------------
-# Batch norm family: the ops that BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are built from,
-# and the autograd formulas composing them. The formulas are torch.autograd.Functions rather than
-# per-op register_autograd because the statistics in the middle may be merged across ranks
-# (norm_ext.distributed) between the ops of one forward, and likewise the backward's sums.
+# Batch norm family: the ops that BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are built from.
+# batch_norm_train has its autograd in C++; the padded and synced forms compose the other ops in
+# torch.autograd.Functions (norm_ext/functional.py), because the statistics in the middle may be
+# merged across ranks (norm_ext.distributed) between the ops of one forward, and likewise the
+# backward's sums.
 # ---------------------------------------------------------------------------------------------------
 
 

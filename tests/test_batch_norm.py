@@ -446,3 +446,26 @@ def test_train_op_empty_input():
     dx, sum_dy, sum_dy_xhat = torch.ops.norm_ext.batch_norm_train_backward(empty, empty, mean, invstd, None)
     assert dx.shape == (0, 3, 4)
     assert torch.equal(sum_dy, torch.zeros(3)) and torch.equal(sum_dy_xhat, torch.zeros(3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_weight,with_bias,input_grad", [(True, False, True), (False, True, True),
+                                                              (True, True, False), (False, True, False)])  # fmt: skip
+def test_training_grads_for_each_parameter_subset(with_weight, with_bias, input_grad, device):
+    # The C++ autograd of batch_norm_train indexes its inputs' gradients by the tensors passed: every
+    # subset of (input, weight, bias) gets exactly the gradients it asks for.
+    x = (torch.randn(6, 5, 7, device=device) * 2 + 1).requires_grad_(input_grad)
+    w = torch.randn(5, device=device, requires_grad=True) if with_weight else None
+    b = torch.randn(5, device=device, requires_grad=True) if with_bias else None
+    out = norm_ext.batch_norm(x, None, None, w, b, True)
+    leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    grad = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, grad)
+    leaves64 = [t.detach().double().requires_grad_(t.requires_grad) if t is not None else None for t in (x, w, b)]
+    expected, _, _ = ref.batch_norm(leaves64[0], None, None, leaves64[1], leaves64[2], True)
+    expected_grads = torch.autograd.grad(
+        expected, [t for t in leaves64 if t is not None and t.requires_grad], grad.double()
+    )
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g.double(), e, atol=1e-4, rtol=1e-4)

@@ -216,3 +216,30 @@ def test_large_row_norm_cases_are_checked_on_their_first_rows(monkeypatch):
     assert small.shape == (2, 32) and grad_out.shape == (2, 32)
     fits = make_case("rms_norm", Variant("default"), (2, 32), torch.float32, "cpu")
     assert harness.checkable_case(fits)[0] is fits
+
+
+def test_overhead_section(tmp_path, capsys):
+    # Host time per call: every case in every mode, torch and norm_ext side by side; the CLI writes
+    # the table. (What the times are is the bench's business, not a test's.)
+    assert cli.main(["--overhead", "--device", "cpu", "--reps", "20", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "overhead.csv") as f:
+        rows = list(csv.DictReader(f))
+    from norm_ext.bench import overhead
+
+    assert len(rows) == len(overhead.CASES) * len(overhead.MODES)
+    for r in rows:
+        assert float(r["torch_us"]) > 0 and float(r["norm_ext_us"]) > 0
+        assert float(r["ratio"]) == pytest.approx(float(r["norm_ext_us"]) / float(r["torch_us"]), rel=1e-6)
+    table = (tmp_path / "overhead.md").read_text()
+    assert "| LayerNorm 1x768 | fwd+bwd |" in table and "BatchNorm2d 2x8x4x4" in table
+    assert "norm_ext / torch" in capsys.readouterr().out
+
+
+def test_overhead_cases_compute_what_torch_computes(monkeypatch):
+    # measure() refuses to time a norm_ext module whose output differs from torch's.
+    from norm_ext.bench import overhead
+
+    case = overhead.Case("wrong", (2, 8), lambda: torch.nn.LayerNorm(8), lambda: norm_ext.nn.LayerNorm(8, eps=1.0))
+    monkeypatch.setattr(overhead, "CASES", [case])
+    with pytest.raises(AssertionError):
+        overhead.measure("cpu", calls=10, rounds=1)

@@ -11,7 +11,7 @@ from typing import List
 import torch
 
 from . import cases as C
-from . import report
+from . import overhead, report
 from .harness import DEFAULT_PROVIDERS, Config, run
 from .providers import PROVIDER_FACTORIES
 from .timing import keep_freed_memory
@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         "faults (the same for every provider) are timed too",
     )
     p.add_argument("--no-graph", action="store_true", help="GPU: never time through a CUDA graph")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="instead of the kernel comparison: host time per call at tiny shapes (LayerNorm 1x768 and "
+        "8x768, RMSNorm, BatchNorm2d, GroupNorm), no_grad, with grad and forward+backward, torch and "
+        "norm_ext side by side in this process; writes overhead.md and overhead.csv to --out",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument(
         "--sweep",
@@ -122,6 +129,8 @@ def main(argv: List[str] | None = None) -> int:
         except RuntimeError as e:
             parser.error(str(e))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.overhead:
+        return _overhead(device, args.out, args.reps)
     try:
         sizes = [C.parse_size(s) for s in args.sizes] if args.sizes else None
     except ValueError as e:
@@ -170,6 +179,20 @@ def main(argv: List[str] | None = None) -> int:
     wrong = [r for r in rows if r["status"] == "WRONG"]
     if wrong:
         print(f"{len(wrong)} result(s) WRONG against the float64 reference (see the status column)")
+    return 0
+
+
+def _overhead(device: str, out_dir: str, reps: int | None) -> int:
+    if device == "simt":
+        raise SystemExit("--overhead measures host time on cpu or cuda; the SIMT backend's times say nothing")
+    rows = overhead.measure(device, calls=reps or 2000)
+    text = overhead.table(rows)
+    print(text)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "overhead.md"), "w") as f:
+        f.write(text + "\n")
+    overhead.write_csv(rows, os.path.join(out_dir, "overhead.csv"))
+    print(f"\n{overhead.describe(device)}\nwrote {os.path.join(out_dir, 'overhead.md')} and overhead.csv")
     return 0
 
 

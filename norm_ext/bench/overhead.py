@@ -1,0 +1,115 @@
+"""Host time per call at tiny shapes, where the kernels cost next to nothing and what a call spends in
+Python, the dispatcher and autograd is the whole cost: ``python -m norm_ext.bench --overhead``.
+
+Each case is a torch module and its norm_ext twin with the same state, called as a user calls them,
+in three modes: the forward under ``torch.no_grad()``, the forward with parameters that require
+grad, and the forward plus ``backward()``. Both run in one process, interleaved round by round, and
+each reports the best round's mean, so that the two see the same machine. On CUDA the loop does not
+synchronize between calls: the tensors are tiny, so the GPU waits on the host and the time is host
+time per call.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List
+
+import torch
+
+import norm_ext
+
+from .harness import device_name, norm_ext_commit
+
+MODES = ("no_grad", "grad", "fwd+bwd")
+
+
+@dataclass
+class Case:
+    name: str
+    shape: tuple
+    torch_module: Callable[[], torch.nn.Module]
+    ours_module: Callable[[], torch.nn.Module]
+
+
+CASES = [
+    Case("LayerNorm", (1, 768), lambda: torch.nn.LayerNorm(768), lambda: norm_ext.nn.LayerNorm(768)),
+    Case("LayerNorm", (8, 768), lambda: torch.nn.LayerNorm(768), lambda: norm_ext.nn.LayerNorm(768)),
+    Case("RMSNorm", (1, 768), lambda: torch.nn.RMSNorm(768), lambda: norm_ext.nn.RMSNorm(768)),
+    Case("BatchNorm2d", (2, 8, 4, 4), lambda: torch.nn.BatchNorm2d(8), lambda: norm_ext.nn.BatchNorm2d(8)),
+    Case("GroupNorm", (2, 8, 4, 4), lambda: torch.nn.GroupNorm(4, 8), lambda: norm_ext.nn.GroupNorm(4, 8)),
+]
+
+
+def _loop(module: torch.nn.Module, x: torch.Tensor, mode: str, calls: int) -> float:
+    """Seconds per call of ``calls`` calls in ``mode``."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    if mode == "no_grad":
+        with torch.no_grad():
+            for _ in range(calls):
+                module(x)
+    elif mode == "grad":
+        for _ in range(calls):
+            module(x)
+    else:
+        for _ in range(calls):
+            module(x).sum().backward()
+    sync()
+    return (time.perf_counter() - start) / calls
+
+
+def measure(device: str = "cpu", calls: int = 2000, rounds: int = 5) -> List[Dict]:
+    """One row per case and mode: µs per call for torch and norm_ext, and their ratio."""
+    rows = []
+    for case in CASES:
+        x = torch.randn(case.shape, device=device)
+        modules = {"torch": case.torch_module().to(device), "norm_ext": case.ours_module().to(device)}
+        # Same parameters, and the norm_ext module also loads the torch one's state_dict.
+        modules["norm_ext"].load_state_dict(modules["torch"].state_dict())
+        # A cheap call that computes something else would win: outputs must agree before timing.
+        with torch.no_grad():
+            torch.testing.assert_close(modules["norm_ext"](x), modules["torch"](x), rtol=1e-5, atol=1e-5)
+        for mode in MODES:
+            best = {k: float("inf") for k in modules}
+            for m in modules.values():
+                _loop(m, x, mode, max(calls // 20, 10))  # warm-up: first-call caches, allocator
+            for _ in range(rounds):
+                for k, m in modules.items():
+                    best[k] = min(best[k], _loop(m, x, mode, calls // rounds))
+            rows.append(
+                {
+                    "case": f"{case.name} {'x'.join(map(str, case.shape))}",
+                    "mode": mode,
+                    "torch_us": best["torch"] * 1e6,
+                    "norm_ext_us": best["norm_ext"] * 1e6,
+                    "ratio": best["norm_ext"] / best["torch"],
+                }
+            )
+    return rows
+
+
+def table(rows: List[Dict]) -> str:
+    """A Markdown table; ratio is norm_ext's time over torch's (below 1: norm_ext is cheaper)."""
+    lines = ["| case | mode | torch µs | norm_ext µs | norm_ext / torch |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['mode']} | {r['torch_us']:.1f} | {r['norm_ext_us']:.1f} | {r['ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: List[Dict], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def describe(device: str) -> str:
+    """Where and when the table was measured."""
+    return (
+        f"{device_name(device)} ({device}), {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
+        f"norm_ext {norm_ext_commit()}, {datetime.date.today().isoformat()}"
+    )
