@@ -11,6 +11,11 @@ group's own backend (NCCL for CUDA tensors, gloo for CPU tensors):
 * backward: one all_reduce of the two per-channel sums, ``sum(dy)`` and ``sum(dy * x_hat)``.
 
 PowerNorm runs one all_reduce of its per-channel sum of squares and token count in the forward.
+
+Before its first synchronised forward in each dtype, a module checks that every rank agrees on the
+channel count and the dtype (:func:`check_ranks_agree`, one small all_gather of a fixed size): ranks
+that disagree would otherwise exchange buffers of different sizes, which gloo answers by aborting the
+process and NCCL by hanging or by merging garbage.
 All are functional collectives (``torch.distributed._functional_collectives``): they take and
 return tensors, so torch.compile traces them into the graph (``fullgraph=True`` works), and nothing
 reads a value on the host. A rank with an empty batch sends count 0 and takes part as usual.
@@ -18,8 +23,9 @@ reads a value on the host. A rank with an empty batch sends count 0 and takes pa
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Set, Tuple
 
 import torch
 import torch.distributed as dist
@@ -30,6 +36,7 @@ if dist.is_available():
 
 __all__ = [
     "sync_group_name",
+    "check_ranks_agree",
     "all_gather_stats",
     "all_reduce_sums",
     "count_collectives",
@@ -52,6 +59,35 @@ def _all_gather(t: Tensor, group_name: str) -> Tensor:
     # all_gather_single supersedes all_gather_tensor in newer torch; both trace under torch.compile.
     gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
     return gather(t, 0, group_name)
+
+
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# owner (a module) -> the (group, channels, dtype) its ranks have been found to agree on.
+_AGREED: weakref.WeakKeyDictionary[object, Set[tuple]] = weakref.WeakKeyDictionary()
+
+
+def check_ranks_agree(owner: object, what: str, input: Tensor, channels: int, group_name: str) -> None:
+    """Raises ValueError on every rank of the group when the ranks differ in ``channels`` or in the
+    dtype of ``input``, naming each rank's. One all_gather of two values, read on the host, once per
+    ``owner`` and (group, channels, dtype) in eager mode; skipped under torch.compile, whose graph
+    cannot read a value on the host. Every rank calls it at the same point of the same model, so the
+    ranks that disagree still meet in this collective of a fixed size."""
+    if torch.compiler.is_compiling():
+        return
+    agreed = _AGREED.setdefault(owner, set())
+    key = (group_name, channels, input.dtype)
+    if key in agreed:
+        return
+    code = _DTYPES.index(input.dtype) if input.dtype in _DTYPES else -1
+    local = torch.tensor([channels, code], dtype=torch.float64, device=input.device)
+    ranks = _all_gather(local, group_name).view(-1, 2).tolist()
+    if any(rank != ranks[0] for rank in ranks):
+        described = ", ".join(
+            f"rank {i}: {int(c)} channels of {_DTYPES[int(d)] if d >= 0 else 'an unsupported dtype'}"
+            for i, (c, d) in enumerate(ranks)
+        )
+        raise ValueError(f"{what}: the ranks of the process group disagree on the channel count or dtype ({described})")
+    agreed.add(key)
 
 
 def merge_stats(counts: Tensor, means: Tensor, m2s: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

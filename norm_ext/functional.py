@@ -33,6 +33,12 @@ def _as_shape(normalized_shape: ShapeLike) -> list:
     return [int(s) for s in normalized_shape]
 
 
+def _check_momentum(op: str, momentum) -> None:
+    # A tensor momentum is the modules' cumulative average (1 / step), in range by construction.
+    if not isinstance(momentum, Tensor) and not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
+
+
 def _check_tensor(name: str, t) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -239,6 +245,7 @@ def instance_norm(
         raise ValueError(f"instance_norm: input must have shape (N, C, *spatial), got {tuple(input.shape)}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("instance_norm: running_mean and running_var must be given together")
+    _check_momentum("instance_norm", momentum)
     channels = input.shape[1]
     if not use_input_stats:
         if running_mean is None or running_var is None:
@@ -421,6 +428,7 @@ def _batch_norm(
     _check_batch_norm_args(input, running_mean, running_var, weight, bias)
     if eps < 0:
         raise ValueError(f"batch_norm: eps must be non-negative, got {eps}")
+    _check_momentum("batch_norm", momentum)
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var are required when training=False")

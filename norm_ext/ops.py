@@ -143,9 +143,10 @@ def _power_norm_fake(input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw):
 @torch.library.register_fake("norm_ext::power_norm_backward")
 def _power_norm_backward_fake(grad_out, input, scale, weight, ema_gz, pad_mask, alpha_bkw, has_bias):
     grad_input = torch.empty_like(input, memory_format=torch.contiguous_format)
+    # The kernels return an empty gradient in the input's dtype for an absent parameter.
     param = weight if weight is not None else input
-    grad_weight = param.new_empty((input.shape[-1],) if weight is not None else (0,))
-    grad_bias = param.new_empty((input.shape[-1],) if has_bias else (0,))
+    grad_weight = param.new_empty((input.shape[-1],)) if weight is not None else input.new_empty((0,))
+    grad_bias = param.new_empty((input.shape[-1],)) if has_bias else input.new_empty((0,))
     return grad_input, grad_weight, grad_bias
 
 

@@ -6,6 +6,7 @@ autograd gives reference gradients), and returns float64 results. They favour cl
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -115,8 +116,7 @@ class _PowerFunction(torch.autograd.Function):
         valid_z = (approx * z)[valid]
         if valid_z.shape[0] > 0:
             state.ema_gz = state.ema_gz + valid_z.mean(dim=0)
-        dims = tuple(range(grad_y.dim() - 1))
-        return approx * scale, (grad_y * z).sum(dims), grad_y.sum(dims), None, None, None, None
+        return approx * scale, (grad_y * z)[valid].sum(0), grad_y[valid].sum(0), None, None, None, None
 
 
 def power_norm(
@@ -171,7 +171,7 @@ def group_norm(
     """GroupNorm over (N, C, *) in float64; ``activation="silu"`` applies SiLU to the output."""
     x = _f64(x)
     n, c = x.shape[:2]
-    grouped = x.reshape(n, num_groups, -1)
+    grouped = x.reshape(n, num_groups, math.prod(x.shape[1:]) // num_groups)
     mean = grouped.mean(dim=2, keepdim=True)
     var = ((grouped - mean) ** 2).mean(dim=2, keepdim=True)
     y = ((grouped - mean) / torch.sqrt(var + eps)).reshape(x.shape)
@@ -281,3 +281,176 @@ def masked_batch_norm(
     out = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     out[valid] = packed
     return out, new_mean, new_var
+
+
+# ---------------------------------------------------------------------------------------------------
+# The backward ops, given the statistics the forward saved. The ops take mean / rstd as inputs and do
+# not recompute them, so these are the closed forms in those statistics (they equal autograd's
+# gradients when the statistics are the input's own).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _row_mean(t: Tensor, k: int) -> Tensor:
+    return t.mean(dim=tuple(range(t.dim() - k, t.dim())), keepdim=True)
+
+
+def _row_sum_over_rows(t: Tensor, k: int) -> Tensor:
+    return t.sum(dim=tuple(range(t.dim() - k)))
+
+
+def row_norm_backward(
+    grad_out: Tensor,
+    saved: Tensor,
+    normalized_shape: Sequence[int],
+    mean: Optional[Tensor],
+    rstd: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    zero_centered_weight: bool = False,
+    saved_is_output: bool = False,
+    grad_residual: Optional[Tensor] = None,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(grad_input, grad_weight, grad_bias) of LayerNorm (``mean`` given) or RMSNorm (``mean`` None)
+    from ``saved`` (the input, or with ``saved_is_output`` the output) and the saved statistics."""
+    k = len(normalized_shape)
+    dy, saved = _f64(grad_out), _f64(saved)
+    stat_shape = saved.shape[: saved.dim() - k] + (1,) * k
+    rstd = _f64(rstd).reshape(stat_shape)
+    scale = None if weight is None else (_f64(weight) + 1.0 if zero_centered_weight else _f64(weight))
+    if saved_is_output:
+        shifted = saved if bias is None else saved - _f64(bias)
+        x_hat = shifted if scale is None else shifted / scale
+    elif mean is None:
+        x_hat = saved * rstd
+    else:
+        x_hat = (saved - _f64(mean).reshape(stat_shape)) * rstd
+    g = dy if scale is None else dy * scale
+    centred = g - _row_mean(g, k) if mean is not None else g
+    grad_input = rstd * (centred - x_hat * _row_mean(g * x_hat, k))
+    if grad_residual is not None:
+        grad_input = grad_input + _f64(grad_residual)
+    grad_weight = None if weight is None else _row_sum_over_rows(dy * x_hat, k)
+    grad_bias = None if bias is None else _row_sum_over_rows(dy, k)
+    return grad_input, grad_weight, grad_bias
+
+
+def weight_norm_backward(grad_w: Tensor, v: Tensor, g: Tensor, norm: Tensor, dim: int | None) -> Tuple[Tensor, Tensor]:
+    """(grad_v, grad_g) of ``w = g * v / norm`` with ``norm`` (g's shape) taken as ||v||."""
+    gw, v, g, norm = _f64(grad_w), _f64(v), _f64(g), _f64(norm)
+    dims = tuple(range(v.dim())) if dim is None else tuple(d for d in range(v.dim()) if d != dim % v.dim())
+    norm = norm.reshape(g.shape)
+    dot = (gw * v).sum(dim=dims, keepdim=True).reshape(g.shape)
+    grad_g = dot / norm
+    grad_v = g / norm * gw - g * dot / norm**3 * v
+    return grad_v, grad_g
+
+
+def power_norm_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    scale: Tensor,
+    weight: Optional[Tensor],
+    ema_gz: Tensor,
+    pad_mask: Optional[Tensor],
+    alpha_bkw: float,
+    has_bias: bool,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Tensor]:
+    """(grad_input, grad_weight, grad_bias, new ema_gz) of the power_norm op: the approximate backward,
+    the parameter gradients and the running Gamma's step taken over the non-padding tokens."""
+    dy, z = _f64(grad_out), _f64(input) * _f64(scale)
+    valid = torch.ones(z.shape[:-1], dtype=torch.bool) if pad_mask is None else ~pad_mask.cpu()
+    g = dy if weight is None else dy * _f64(weight)
+    approx = g - (1.0 - alpha_bkw) * _f64(ema_gz) * z
+    ema = _f64(ema_gz)
+    if bool(valid.any()):
+        ema = ema + (approx * z)[valid].mean(dim=0)
+    grad_weight = None if weight is None else (dy * z)[valid].sum(dim=0)
+    grad_bias = dy[valid].sum(dim=0) if has_bias else None
+    return approx * _f64(scale), grad_weight, grad_bias, ema
+
+
+def group_norm_backward(
+    grad_out: Tensor,
+    input: Tensor,
+    num_groups: int,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    activation: Optional[str] = None,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(grad_input, grad_weight, grad_bias) of GroupNorm (+ SiLU) from the saved (N, G) statistics."""
+    x, dy = _f64(input), _f64(grad_out)
+    n, c = x.shape[:2]
+    param_shape = (1, c) + (1,) * (x.dim() - 2)
+    group_size = math.prod(x.shape[1:]) // num_groups
+    grouped = x.reshape(n, num_groups, group_size)
+    stat = (n, num_groups, 1)
+    x_hat = ((grouped - _f64(mean).reshape(stat)) * _f64(rstd).reshape(stat)).reshape(x.shape)
+    if activation == "silu":
+        pre = x_hat
+        if weight is not None:
+            pre = pre * _f64(weight).reshape(param_shape)
+        if bias is not None:
+            pre = pre + _f64(bias).reshape(param_shape)
+        sig = torch.sigmoid(pre)
+        dy = dy * sig * (1.0 + pre * (1.0 - sig))
+    g = dy if weight is None else dy * _f64(weight).reshape(param_shape)
+    g_grouped, xh_grouped = g.reshape(n, num_groups, group_size), x_hat.reshape(n, num_groups, group_size)
+    grad = _f64(rstd).reshape(stat) * (
+        g_grouped
+        - g_grouped.mean(dim=2, keepdim=True)
+        - xh_grouped * (g_grouped * xh_grouped).mean(dim=2, keepdim=True)
+    )
+    channel_dims = (0,) + tuple(range(2, x.dim()))
+    grad_weight = None if weight is None else (dy * x_hat).sum(dim=channel_dims)
+    grad_bias = None if bias is None else dy.sum(dim=channel_dims)
+    return grad.reshape(x.shape), grad_weight, grad_bias
+
+
+def batch_norm_backward_reduce(
+    grad_out: Tensor, input: Tensor, mean: Tensor, invstd: Tensor, pad_mask: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
+    """Per-channel sum(dy) and sum(dy * x_hat) over the non-padding rows."""
+    dy, x = _channels_last_rows(grad_out, pad_mask), _channels_last_rows(input, pad_mask)
+    x_hat = (x - _f64(mean)) * _f64(invstd)
+    return dy.sum(dim=0), (dy * x_hat).sum(dim=0)
+
+
+def batch_norm_backward_elemt(
+    grad_out: Tensor,
+    input: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    weight: Optional[Tensor],
+    mean_dy: Optional[Tensor],
+    mean_dy_xhat: Optional[Tensor],
+    pad_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """dx = weight * invstd * (dy - mean_dy - x_hat * mean_dy_xhat), 0 on padding rows."""
+    shape = (1, -1) + (1,) * (input.dim() - 2)
+    dy, x = _f64(grad_out), _f64(input)
+    x_hat = (x - _f64(mean).view(shape)) * _f64(invstd).view(shape)
+    if mean_dy is not None:
+        dy = dy - _f64(mean_dy).view(shape) - x_hat * _f64(mean_dy_xhat).view(shape)
+    scale = _f64(invstd) if weight is None else _f64(invstd) * _f64(weight)
+    grad = dy * scale.view(shape)
+    if pad_mask is not None:
+        grad = grad.masked_fill(pad_mask.cpu().view(-1, 1), 0.0)
+    return grad
+
+
+def _channels_last_rows(t: Tensor, pad_mask: Optional[Tensor]) -> Tensor:
+    """(N, C, *) as (rows, C) float64, without the padding rows."""
+    t = _f64(t).movedim(1, -1).reshape(-1, t.shape[1])
+    return t if pad_mask is None else t[~pad_mask.cpu()]
+
+
+def batch_norm_stats(input: Tensor, pad_mask: Optional[Tensor] = None) -> Tuple[int, Tensor, Tensor]:
+    """(count, mean, m2) per channel over the non-padding rows; an empty batch gives 0, 0, 0."""
+    rows = _channels_last_rows(input, pad_mask)
+    if rows.shape[0] == 0:
+        zeros = torch.zeros(input.shape[1], dtype=torch.float64)
+        return 0, zeros, zeros
+    mean = rows.mean(dim=0)
+    return rows.shape[0], mean, ((rows - mean) ** 2).sum(dim=0)

@@ -48,7 +48,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world_size, port, fn, backend, simt_seed):
+def _entry(rank, world_size, port, fn, backend, simt_seed, pg_timeout):
     torch.set_num_threads(1)
     if backend == "nccl":
         torch.cuda.set_device(rank)
@@ -57,7 +57,7 @@ def _entry(rank, world_size, port, fn, backend, simt_seed):
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
+        timeout=datetime.timedelta(seconds=pg_timeout),
     )
     try:
         if simt_seed is None:
@@ -69,13 +69,13 @@ def _entry(rank, world_size, port, fn, backend, simt_seed):
         dist.destroy_process_group()
 
 
-def _spawn(fn, world_size, timeout=240, backend="gloo", simt_seed=None):
+def _spawn(fn, world_size, timeout=240, backend="gloo", simt_seed=None, pg_timeout=60):
     """Runs fn(rank, world_size) in each of world_size workers; with simt_seed, on the SIMT backend's
-    CUDA kernels (random schedules drawn from the seed)."""
+    CUDA kernels (random schedules drawn from the seed). pg_timeout bounds each collective."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     ctx = mp.start_processes(
         _entry,
-        args=(world_size, _free_port(), fn, backend, simt_seed),
+        args=(world_size, _free_port(), fn, backend, simt_seed, pg_timeout),
         nprocs=world_size,
         join=False,
         start_method="spawn",
@@ -207,9 +207,13 @@ def _eager_scenarios(rank, world_size):
     members = [0, 1] if rank < 2 else [2, 3]
     _check_sync_parity(rank, members, groups[rank // 2], [3, 2], [(2, 3), (4, 1)])
 
-    # Collectives: one all_gather per training forward, one all_reduce per backward, none in eval.
+    # Collectives: one all_gather per training forward, one all_reduce per backward, none in eval
+    # (after the first forward in a dtype, which also checks that the ranks agree on C and dtype).
     bn = norm_ext.nn.SyncBatchNorm(CHANNELS, momentum=None)
     x = torch.randn(2, CHANNELS, 3, 3, requires_grad=True)
+    with count_collectives() as counts:
+        bn(x)
+    assert counts == {"all_gather_single": 2} or counts == {"all_gather_tensor": 2}, counts
     with count_collectives() as counts, _forbid_host_reads():
         out = bn(x)
         forward_counts = dict(counts)
@@ -232,7 +236,20 @@ def _eager_scenarios(rank, world_size):
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         bn(torch.randn(1 if rank == 0 else 0, CHANNELS))
 
-    # Padding-aware BatchNorm synchronised over the world; rank 1 holds only padding.
+    # Every rank all padding, the padding non-finite: outputs 0, finite gradients, running stats kept.
+    masked = norm_ext.nn.MaskedBatchNorm1d(CHANNELS, process_group=world)
+    before = masked.running_mean.clone(), masked.running_var.clone()
+    x = torch.full((2, 3, CHANNELS), float("nan"))
+    x[0, 0] = float("inf")
+    x.requires_grad_()
+    out = masked(x, torch.ones(2, 3, dtype=torch.bool))
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert torch.isfinite(masked.weight.grad).all() and torch.isfinite(masked.bias.grad).all()
+    assert torch.equal(masked.running_mean, before[0]) and torch.equal(masked.running_var, before[1])
+
+    # Padding-aware BatchNorm synchronised over the world; rank 1 holds only padding, NaN in it.
     gen = torch.Generator().manual_seed(7)
     masked = norm_ext.nn.MaskedBatchNorm1d(CHANNELS, process_group=world)
     running = masked.running_mean.double(), masked.running_var.double()
@@ -241,7 +258,7 @@ def _eager_scenarios(rank, world_size):
         masks = [torch.rand(2, 6, generator=gen) < 0.4 for _ in ranks]
         masks[1][:] = True
         grads = [torch.randn(2, 6, CHANNELS, generator=gen) for _ in ranks]
-        x = xs[rank].clone().requires_grad_()
+        x = xs[rank].masked_fill(masks[rank].unsqueeze(-1), float("nan")).requires_grad_()
         out = masked(x, masks[rank])
         (out * grads[rank]).sum().backward()
         x64 = torch.cat(xs).double().requires_grad_()
@@ -257,6 +274,34 @@ def _eager_scenarios(rank, world_size):
         masked.zero_grad()
 
 
+def _disagreeing_ranks_scenario(rank, world_size):
+    """Ranks that disagree on the channel count or the dtype each get a ValueError naming every rank's,
+    and a rank that fails before the collective leaves the others an error, not a hang."""
+    import norm_ext
+
+    cases = [
+        ("SyncBatchNorm", lambda: norm_ext.nn.SyncBatchNorm(CHANNELS + rank), torch.float32),
+        ("SyncBatchNorm", lambda: norm_ext.nn.SyncBatchNorm(CHANNELS, dtype=torch.float64 if rank else None), None),
+        ("PowerNorm", lambda: norm_ext.nn.PowerNorm(CHANNELS + 2 * rank, process_group=dist.group.WORLD), None),
+    ]
+    for name, make, dtype in cases:
+        module = make()
+        shape = (4, module.num_features, 3) if name == "SyncBatchNorm" else (2, 3, module.num_features)
+        x = torch.randn(shape, dtype=dtype or module.weight.dtype)
+        with pytest.raises(ValueError, match=rf"{name}: the ranks of the process group disagree.*rank 0: .*rank 1: "):
+            module(x)
+    # Rank 1 dies before the collective; rank 0 must get an error within the group's timeout.
+    if rank == 1:
+        os._exit(0)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError):
+        norm_ext.nn.SyncBatchNorm(CHANNELS)(torch.randn(4, CHANNELS))
+    assert time.monotonic() - start < 3 * PG_TIMEOUT_SHORT
+
+
+PG_TIMEOUT_SHORT = 5
+
+
 def _compiled_scenario(rank, world_size):
     _check_sync_parity(rank, [0, 1], dist.group.WORLD, [2, 3], [(3, 3), (2, 5)], momentum=None, compiled=True)
 
@@ -268,6 +313,10 @@ def _simt_seed(request):
 @pytest.mark.parametrize("device", ["cpu", SIMT])
 def test_sync_batch_norm_gloo_scenarios(device, request):
     _spawn(_eager_scenarios, 4, simt_seed=_simt_seed(request))
+
+
+def test_sync_batch_norm_disagreeing_and_failing_ranks():
+    _spawn(_disagreeing_ranks_scenario, 2, timeout=120, pg_timeout=PG_TIMEOUT_SHORT)
 
 
 @pytest.mark.parametrize("device", ["cpu", SIMT])

@@ -130,7 +130,7 @@ def test_bad_input():
         norm_ext.functional.weight_norm(v, torch.ones(4, 1), 2)
     with pytest.raises(TypeError, match="g must have v's dtype"):
         torch.ops.norm_ext.weight_norm(v, torch.ones(4, 1, dtype=torch.float64), 0)
-    with pytest.raises(TypeError, match="input must be float32"):
+    with pytest.raises(TypeError, match="v must be float32"):
         torch.ops.norm_ext.weight_norm(v.int(), torch.ones(4, 1), 0)
     with pytest.raises(ValueError, match="no tensor attribute"):
         norm_ext.weight_norm(torch.nn.Linear(3, 2), name="nope")

@@ -167,8 +167,12 @@ inline ChannelAffine backward_affine(const at::Tensor& mean, const at::Tensor& i
 // enter every Chan merge's delta^2 term. Found by device ops (argmax over the mask), so no host sync.
 inline at::Tensor bn_channel_shift(const at::Tensor& input, const at::Tensor& pad_mask, at::ScalarType acc) {
   if (pad_mask.defined()) {
-    const at::Tensor first_valid = pad_mask.logical_not().to(at::kInt).argmax().reshape({1});
-    return input.index_select(0, first_valid).reshape({input.size(1)}).to(acc).contiguous();
+    // With every row padding, argmax points at a padding row; its values (NaN, inf) must not become
+    // the shift that the empty statistics are reported relative to, so the shift is then 0.
+    const at::Tensor valid = pad_mask.logical_not();
+    const at::Tensor first_valid = valid.to(at::kInt).argmax().reshape({1});
+    const at::Tensor row = input.index_select(0, first_valid).reshape({input.size(1)}).to(acc);
+    return at::where(valid.any(), row, at::zeros_like(row)).contiguous();
   }
   at::Tensor sample = input.select(0, 0);
   while (sample.dim() > 1) sample = sample.select(1, 0);

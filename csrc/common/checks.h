@@ -18,9 +18,9 @@ inline void check_eps(const char* op, double eps) {
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0.0, op, ": eps must be a finite non-negative number, got ", eps);
 }
 
-inline void check_input_dtype(const char* op, const at::Tensor& input) {
-  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()), op,
-                   ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+inline void check_input_dtype(const char* op, const at::Tensor& input, const char* name = "input") {
+  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()), op, ": ", name,
+                   " must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
 }
 
 inline void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input) {
@@ -92,6 +92,7 @@ inline RowShape check_row_norm_backward_inputs(const char* op, const at::Tensor&
                                                const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
                                                const std::optional<at::Tensor>& bias,
                                                const std::optional<at::Tensor>& grad_residual) {
+  check_input_dtype(op, grad_out, "grad_out");
   const RowShape shape = check_row_norm_inputs(op, grad_out, normalized_shape, weight, bias, 0.0);
   check_same_device(op, "saved tensor", saved, grad_out);
   TORCH_CHECK_VALUE(saved.sizes() == grad_out.sizes(), op, ": grad_out has shape ", grad_out.sizes(),
@@ -100,15 +101,16 @@ inline RowShape check_row_norm_backward_inputs(const char* op, const at::Tensor&
                        (saved.scalar_type() == at::kFloat && grad_out.scalar_type() != at::kDouble),
                    op, ": the saved tensor must have grad_out's dtype (", grad_out.scalar_type(), ") or float32, got ",
                    saved.scalar_type());
-  check_same_device(op, "rstd", rstd, grad_out);
-  TORCH_CHECK_VALUE(rstd.numel() == shape.rows, op, ": rstd has ", rstd.numel(), " elements, expected one per row (",
-                    shape.rows, ")");
+  // The statistics must have the shape the forward returned them in: one of another shape but the same
+  // element count is as likely a mix-up of tensors as a reshape.
+  const std::vector<int64_t> stat_shape = row_stat_shape(grad_out, static_cast<int64_t>(normalized_shape.size()));
   const at::ScalarType acc = stat_dtype(grad_out.scalar_type());
-  TORCH_CHECK_TYPE(rstd.scalar_type() == acc, op, ": rstd must be ", acc, ", got ", rstd.scalar_type());
-  if (mean != nullptr) {
-    check_same_device(op, "mean", *mean, grad_out);
-    TORCH_CHECK_VALUE(mean->numel() == shape.rows && mean->scalar_type() == acc, op, ": mean must hold one ", acc,
-                      " value per row (", shape.rows, "), got ", mean->numel(), " of ", mean->scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"rstd", &rstd}, {"mean", mean}}) {
+    if (t == nullptr) continue;
+    check_same_device(op, name, *t, grad_out);
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(stat_shape), op, ": ", name, " must have shape ",
+                      at::IntArrayRef(stat_shape), " (one value per row), got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == acc, op, ": ", name, " must be ", acc, ", got ", t->scalar_type());
   }
   if (grad_residual.has_value() && grad_residual->defined()) {
     check_same_device(op, "grad_residual", *grad_residual, grad_out);

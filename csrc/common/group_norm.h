@@ -75,17 +75,17 @@ inline GroupNormShape check_group_norm_backward_inputs(const char* op, const at:
                                                        const at::Tensor& mean, const at::Tensor& rstd,
                                                        const std::optional<at::Tensor>& weight,
                                                        const std::optional<at::Tensor>& bias) {
-  const GroupNormShape shape = check_group_norm_inputs(op, input, num_groups, weight, bias, 0.0);
   check_same_device(op, "grad_out", grad_out, input);
   TORCH_CHECK_VALUE(grad_out.sizes() == input.sizes(), op, ": grad_out has shape ", grad_out.sizes(),
                     " but input has shape ", input.sizes());
+  const GroupNormShape shape = check_group_norm_inputs(op, input, num_groups, weight, bias, 0.0);
   TORCH_CHECK_TYPE(grad_out.scalar_type() == input.scalar_type(), op, ": grad_out dtype ", grad_out.scalar_type(),
                    " differs from the input's ", input.scalar_type());
   const at::ScalarType acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"mean", mean}, {"rstd", rstd}}) {
     check_same_device(op, name, t, input);
-    TORCH_CHECK_VALUE(t.numel() == shape.n * shape.groups, op, ": ", name, " must hold one value per (sample, group) (",
-                      shape.n * shape.groups, "), got ", t.numel());
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == shape.n && t.size(1) == shape.groups, op, ": ", name,
+                      " must have shape (N, num_groups) = (", shape.n, ", ", shape.groups, "), got ", t.sizes());
     TORCH_CHECK_TYPE(t.scalar_type() == acc, op, ": ", name, " must be ", acc, ", got ", t.scalar_type());
   }
   return shape;

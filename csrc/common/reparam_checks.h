@@ -19,7 +19,7 @@ struct WeightNormShape {
 
 inline WeightNormShape check_weight_norm_inputs(const char* op, const at::Tensor& v, const at::Tensor& g,
                                                 std::optional<int64_t> dim) {
-  check_input_dtype(op, v);
+  check_input_dtype(op, v, "v");
   check_same_device(op, "g", g, v);
   const bool g_ok =
       g.scalar_type() == v.scalar_type() || (g.scalar_type() == at::kFloat && v.scalar_type() != at::kDouble);
@@ -35,13 +35,18 @@ inline WeightNormShape check_weight_norm_inputs(const char* op, const at::Tensor
     shape.inner = 1;
     for (int64_t k = d + 1; k < v.dim(); ++k) shape.inner *= v.size(k);
   }
-  TORCH_CHECK_VALUE(g.numel() == shape.slices, op, ": g must have one element per slice of v along dim (", shape.slices,
-                    "), got shape ", g.sizes());
+  // torch's shape for g: v's rank, size 1 except at dim (with dim None, one element; torch's legacy
+  // weight_norm keeps that as a 0-d tensor).
+  std::vector<int64_t> g_shape(v.dim(), 1);
+  if (dim.has_value()) g_shape[*dim] = shape.slices;
+  TORCH_CHECK_VALUE(g.sizes() == at::IntArrayRef(g_shape) || (!dim.has_value() && g.dim() == 0), op,
+                    ": g must have shape ", at::IntArrayRef(g_shape),
+                    " (v's rank, one element per slice of v along dim), got ", g.sizes());
   return shape;
 }
 
 inline void check_weight_norm_backward_inputs(const char* op, const at::Tensor& grad_w, const at::Tensor& v,
-                                              const at::Tensor& norm, const WeightNormShape& shape) {
+                                              const at::Tensor& g, const at::Tensor& norm) {
   check_same_device(op, "grad_w", grad_w, v);
   check_same_device(op, "norm", norm, v);
   TORCH_CHECK_VALUE(grad_w.sizes() == v.sizes(), op, ": grad_w has shape ", grad_w.sizes(), " but v has shape ",
@@ -50,8 +55,7 @@ inline void check_weight_norm_backward_inputs(const char* op, const at::Tensor& 
                    " differs from v's dtype ", v.scalar_type());
   const auto acc = v.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK_TYPE(norm.scalar_type() == acc, op, ": norm must be ", acc, ", got ", norm.scalar_type());
-  TORCH_CHECK_VALUE(norm.numel() == shape.slices, op, ": norm must have ", shape.slices, " elements, got ",
-                    norm.numel());
+  TORCH_CHECK_VALUE(norm.sizes() == g.sizes(), op, ": norm must have g's shape ", g.sizes(), ", got ", norm.sizes());
 }
 
 struct TokenShape {

@@ -107,7 +107,8 @@ struct CpuPowerNorm {
       acc_t* ema = c.ema_gz.mutable_data_ptr<acc_t>();
       std::vector<acc_t> correction(C);
       for (int64_t ch = 0; ch < C; ++ch) correction[ch] = (acc_t(1) - static_cast<acc_t>(c.alpha_bkw)) * ema[ch];
-      // Three partial rows per block: sum of (corrected grad * z) over valid tokens, dweight, dbias.
+      // Three partial rows per block, over the valid tokens only (a padding token's x may be NaN, and
+      // 0 * NaN is NaN): sum of (corrected grad * z), dweight, dbias.
       std::vector<acc_t> partial(blocks.count * 3 * C, acc_t(0));
       std::vector<int64_t> valid(blocks.count, 0);
       at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
@@ -125,9 +126,10 @@ struct CpuPowerNorm {
               const acc_t g_out = static_cast<acc_t>(dy[i]);
               const acc_t approx = g_out * w[ch] - correction[ch] * z;
               dx[i] = static_cast<scalar_t>(approx * s[ch]);
+              if (!is_valid) continue;
               dw[ch] += g_out * z;
               db[ch] += g_out;
-              if (is_valid) gamma[ch] += approx * z;
+              gamma[ch] += approx * z;
             }
           }
         }

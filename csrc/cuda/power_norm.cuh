@@ -100,8 +100,9 @@ __global__ void power_norm_forward_kernel(const scalar_t* __restrict__ x, const 
   }
 }
 
-// grad_input and three partial rows per token block: sum over valid tokens of (corrected grad * z),
-// dweight and dbias; plus the valid-token count per block.
+// grad_input and three partial rows per token block, each summed over the valid tokens only (a
+// padding token's x may be NaN or inf, and 0 * NaN is NaN): (corrected grad * z), dweight and dbias;
+// plus the valid-token count per block.
 template <typename scalar_t, typename acc_t>
 __global__ void power_norm_backward_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                                            const bool* __restrict__ pad, const acc_t* __restrict__ scale,
@@ -129,9 +130,10 @@ __global__ void power_norm_backward_kernel(const scalar_t* __restrict__ dy, cons
     const acc_t g_out = static_cast<acc_t>(dy[i]);
     const acc_t approx = g_out * w - correction * z;
     dx[i] = static_cast<scalar_t>(approx * s);
+    if (!is_valid) continue;
     dw += g_out * z;
     db += g_out;
-    if (is_valid) gamma += approx * z;
+    gamma += approx * z;
   }
   if (threadIdx.x == 0) count_scratch[threadIdx.y] = valid;
   const int64_t row = static_cast<int64_t>(blockIdx.y) * 3 * channels;

@@ -7,6 +7,7 @@
 //   static void backward(const PowerNormBwdCall&);     // the paper's approximate backward
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -101,14 +102,16 @@ struct PowerNormOps {
                                                                  double alpha_bkw, bool has_bias) {
     constexpr const char* op = "norm_ext::power_norm_backward";
     const TokenShape shape = check_power_norm_input(op, input_, pad_mask);
-    check_power_norm_params(op, input_, scale, weight, std::nullopt, ema_gz);
-    check_device_type(op, input_, Backend::kDevice);
     check_same_device(op, "grad_out", grad_out_, input_);
     TORCH_CHECK_VALUE(grad_out_.sizes() == input_.sizes(), op, ": grad_out has shape ", grad_out_.sizes(),
                       " but input has shape ", input_.sizes());
     TORCH_CHECK_TYPE(grad_out_.scalar_type() == input_.scalar_type(), op, ": grad_out dtype ", grad_out_.scalar_type(),
                      " differs from input dtype ", input_.scalar_type());
-    TORCH_CHECK_VALUE(ema_gz.is_contiguous(), op, ": ema_gz must be contiguous");
+    check_power_norm_params(op, input_, scale, weight, std::nullopt, ema_gz);
+    TORCH_CHECK_VALUE(at::has_internal_overlap(ema_gz) != at::MemOverlap::Yes, op,
+                      ": ema_gz is written to, so its elements may not share memory (an expanded tensor), got strides ",
+                      ema_gz.strides());
+    check_device_type(op, input_, Backend::kDevice);
     const typename Backend::Guard guard(input_.device());
     const at::Tensor input = input_.contiguous();
     const at::Tensor grad_out = grad_out_.contiguous();
@@ -119,8 +122,11 @@ struct PowerNormOps {
     at::Tensor grad_bias = at::zeros({shape.channels}, input.options().dtype(acc));
     if (input.numel() > 0) {
       const at::Tensor w = channel_param_as_acc(weight, acc, shape.channels, 1.0, input);
-      Backend::backward({grad_out, input, contiguous_or_undefined(pad_mask), scale, w, ema_gz, alpha_bkw, grad_input,
-                         grad_weight, grad_bias, shape});
+      // The kernels index the running Gamma densely; a strided one is advanced in a copy.
+      at::Tensor ema = ema_gz.is_contiguous() ? ema_gz : ema_gz.contiguous();
+      Backend::backward({grad_out, input, contiguous_or_undefined(pad_mask), scale.contiguous(), w, ema, alpha_bkw,
+                         grad_input, grad_weight, grad_bias, shape});
+      if (!ema.is_same(ema_gz)) ema_gz.copy_(ema);
     }
     const auto param_dtype = has_weight ? weight->scalar_type() : input.scalar_type();
     return {grad_input, has_weight ? grad_weight.to(param_dtype) : input.new_empty({0}),

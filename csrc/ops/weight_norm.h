@@ -58,7 +58,7 @@ struct WeightNormOps {
                                                      std::optional<int64_t> dim) {
     constexpr const char* op = "norm_ext::weight_norm_backward";
     const WeightNormShape shape = check_weight_norm_inputs(op, v_, g, dim);
-    check_weight_norm_backward_inputs(op, grad_w_, v_, norm, shape);
+    check_weight_norm_backward_inputs(op, grad_w_, v_, g, norm);
     check_device_type(op, v_, Backend::kDevice);
     const typename Backend::Guard guard(v_.device());
     const at::Tensor v = v_.contiguous();

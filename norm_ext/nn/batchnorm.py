@@ -47,6 +47,9 @@ def _module_forward(
     # As in torch.nn.SyncBatchNorm, only training-mode batch statistics are synchronised; eval never
     # runs a collective.
     group_name = distributed.sync_group_name(process_group) if sync and use_batch_stats and module.training else None
+    if group_name is not None:
+        channels = input.shape[1] if input.dim() > 1 else 0
+        distributed.check_ranks_agree(module, type(module).__name__, input, channels, group_name)
     return F._batch_norm(
         input,
         module.running_mean if use_buffers else None,

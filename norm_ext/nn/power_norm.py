@@ -98,6 +98,7 @@ class PowerNorm(torch.nn.Module):
         sum_sq, count = _ops.power_norm_stats(x.detach(), pad_mask)
         group_name = distributed.sync_group_name(self.process_group)
         if group_name is not None:
+            distributed.check_ranks_agree(self, "PowerNorm", x, x.shape[-1], group_name)
             sum_sq, count = distributed.all_reduce_power_norm_stats(sum_sq, count, group_name)
         return sum_sq / count.clamp_min(1.0)
 
