@@ -228,7 +228,7 @@ def test_overhead_section(tmp_path, capsys):
 
     assert len(rows) == len(overhead.CASES) * len(overhead.MODES)
     for r in rows:
-        assert float(r["torch_us"]) > 0 and float(r["norm_ext_us"]) > 0
+        assert float(r["torch_us"]) > 0 and float(r["norm_ext_us"]) > 0 and float(r["torch_ops_aten_us"]) > 0
         assert float(r["ratio"]) == pytest.approx(float(r["norm_ext_us"]) / float(r["torch_us"]), rel=1e-6)
     table = (tmp_path / "overhead.md").read_text()
     assert "| LayerNorm 1x768 | fwd+bwd |" in table and "BatchNorm2d 2x8x4x4" in table
@@ -239,7 +239,13 @@ def test_overhead_cases_compute_what_torch_computes(monkeypatch):
     # measure() refuses to time a norm_ext module whose output differs from torch's.
     from norm_ext.bench import overhead
 
-    case = overhead.Case("wrong", (2, 8), lambda: torch.nn.LayerNorm(8), lambda: norm_ext.nn.LayerNorm(8, eps=1.0))
+    case = overhead.Case(
+        "wrong",
+        (2, 8),
+        lambda: torch.nn.LayerNorm(8),
+        lambda: norm_ext.nn.LayerNorm(8, eps=1.0),
+        lambda: overhead._AtenLayerNorm(8),
+    )
     monkeypatch.setattr(overhead, "CASES", [case])
     with pytest.raises(AssertionError):
         overhead.measure("cpu", calls=10, rounds=1)
