@@ -1,5 +1,4 @@
-"""Python side of the norm_ext ops: fake kernels (shape logic for torch.compile), and the guard
-that makes a double backward through a backward op fail loudly.
+"""Python side of the norm_ext ops: fake kernels (shape logic for torch.compile).
 
 The ops themselves are declared in ``csrc/schema.cpp`` and implemented per backend in C++/CUDA; their
 autograd is registered in C++ (``csrc/autograd/``), each backward calling the matching backward op.
@@ -231,28 +230,3 @@ def _batch_norm_backward_reduce_fake(grad_out, input, mean, invstd, pad_mask=Non
 @torch.library.register_fake("norm_ext::batch_norm_backward_elemt")
 def _batch_norm_backward_elemt_fake(grad_out, input, mean, invstd, weight, mean_dy, mean_dy_xhat, pad_mask=None):
     return _bn_output_like(input)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Backward ops have no derivative of their own. Registering a formula that raises makes a double
-# backward (create_graph=True, then differentiating the gradient) fail loudly; without it autograd
-# would only warn and treat the gradient as a constant.
-# ---------------------------------------------------------------------------------------------------
-
-
-def _forbid_double_backward(qualname: str) -> None:
-    def setup_context(ctx, inputs, output):
-        pass
-
-    def backward(ctx, *grads):
-        raise RuntimeError(f"{qualname} has no derivative: double backward through norm_ext is not supported")
-
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
-
-
-for _qualname in sorted(torch._C._dispatch_get_all_op_names()):
-    if _qualname.startswith("norm_ext::") and _qualname.endswith("_backward"):
-        # torch.library cannot register autograd on ops that mutate an argument (power_norm_backward
-        # updates its running Gamma in place); for those, torch's fallback only warns.
-        if not getattr(_ops, _qualname.split("::")[1]).default._schema.is_mutable:
-            _forbid_double_backward(_qualname)
