@@ -11,14 +11,14 @@ group's own backend (NCCL for CUDA tensors, gloo for CPU tensors):
 * backward: one all_reduce of the two per-channel sums, ``sum(dy)`` and ``sum(dy * x_hat)``.
 
 PowerNorm runs one all_reduce of its per-channel sum of squares and token count in the forward.
-
-Before its first synchronised forward in each dtype, a module checks that every rank agrees on the
-channel count and the dtype (:func:`check_ranks_agree`, one small all_gather of a fixed size): ranks
-that disagree would otherwise exchange buffers of different sizes, which gloo answers by aborting the
-process and NCCL by hanging or by merging garbage.
 All are functional collectives (``torch.distributed._functional_collectives``): they take and
 return tensors, so torch.compile traces them into the graph (``fullgraph=True`` works), and nothing
 reads a value on the host. A rank with an empty batch sends count 0 and takes part as usual.
+
+Before its first synchronised forward in each dtype (in eager mode), a module checks that every rank
+agrees on the channel count and the dtype (:func:`check_ranks_agree`: one all_gather of a fixed size,
+read on the host that once): ranks that disagree would otherwise exchange buffers of different sizes,
+which gloo answers by aborting the process and NCCL by hanging or by merging garbage.
 """
 
 from __future__ import annotations

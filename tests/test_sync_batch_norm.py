@@ -30,6 +30,8 @@ pytestmark = [
 ]
 
 CHANNELS = 5
+# Seconds a collective may wait in the failing-rank scenario.
+PG_TIMEOUT_SHORT = 5
 TOL = {
     torch.float32: dict(atol=2e-4, rtol=2e-4),
     torch.float16: dict(atol=2e-2, rtol=2e-2),
@@ -297,9 +299,6 @@ def _disagreeing_ranks_scenario(rank, world_size):
     with pytest.raises(RuntimeError):
         norm_ext.nn.SyncBatchNorm(CHANNELS)(torch.randn(4, CHANNELS))
     assert time.monotonic() - start < 3 * PG_TIMEOUT_SHORT
-
-
-PG_TIMEOUT_SHORT = 5
 
 
 def _compiled_scenario(rank, world_size):
