@@ -9,9 +9,6 @@ from op_samples import MUTATED_REFERENCE, PAD_FILLS, SPECS, all_samples, call, m
 from tolerances import BACKWARD, FORWARD, assert_close_to_reference
 
 SAMPLES = all_samples()
-# opcheck runs each op several times over (schema, fake, autograd registration, AOT dispatch), so it
-# takes every float32 sample: every case and every layout variant, in one dtype.
-OPCHECK_SAMPLES = [s for s in SAMPLES if s.desc.endswith("-float32")]
 # An expanded padded tensor repeats its first rows over the others, padding rows into real ones.
 PADDED_SAMPLES = [
     s
@@ -100,6 +97,6 @@ def test_padding_never_reaches_a_result(sample, device):
             _assert_bitwise(t, t0, f"{sample.id}: result {i} with {fill_name} padding")
 
 
-@pytest.mark.parametrize("sample", OPCHECK_SAMPLES, ids=_ids)
+@pytest.mark.parametrize("sample", SAMPLES, ids=_ids)
 def test_opcheck(sample):
     torch.library.opcheck(getattr(torch.ops.norm_ext, sample.op).default, tuple(sample.args().values()))
