@@ -503,15 +503,17 @@ def _build_batch_norm_backward_elemt(dtype, pdtype, case):
 
 
 def _one(fn):
+    """The reference of a one-output op: fn called with the op's arguments in schema order."""
     return lambda a: (fn(*a.values()),)
 
 
-def _tuple(fn, n=None):
-    return lambda a: tuple(fn(*a.values()))[:n]
+def _tuple(fn):
+    """The reference of a multi-output op: fn called with the op's arguments in schema order."""
+    return lambda a: tuple(fn(*a.values()))
 
 
-PN_PADDED = ("input", "grad_out")
-BN_PADDED = ("input", "grad_out")
+# The tensors whose padding rows (per the op's mask) the padding checks fill.
+PADDED = ("input", "grad_out")
 
 SPECS: Dict[str, OpSpec] = {
     "layer_norm": OpSpec(_build_row_forward(False, False), _row_forward_reference(False, False), ROW_CASES),
@@ -535,14 +537,14 @@ SPECS: Dict[str, OpSpec] = {
         ("base", "odd", "empty", "size1", "allpad"),
         has_params=False,
         pad="pad_mask",
-        padded=PN_PADDED,
+        padded=PADDED,
     ),
     "power_norm": OpSpec(
         _build_power_norm,
         _power_norm_reference,
         ("base", "odd", "empty", "size1"),
         pad="pad_mask",
-        padded=PN_PADDED,
+        padded=PADDED,
         real_rows_only=(0,),
     ),
     "power_norm_backward": OpSpec(
@@ -550,7 +552,7 @@ SPECS: Dict[str, OpSpec] = {
         _power_norm_backward_reference,
         ("base", "odd", "empty", "size1", "allpad"),
         pad="pad_mask",
-        padded=PN_PADDED,
+        padded=PADDED,
         real_rows_only=(0,),
     ),
     "group_norm": OpSpec(_build_group_norm, _group_norm_reference, tuple(GN_SHAPES), channel_args=("input",)),
@@ -567,7 +569,7 @@ SPECS: Dict[str, OpSpec] = {
         has_params=False,
         channel_args=("input",),
         pad="pad_mask",
-        padded=BN_PADDED,
+        padded=PADDED,
         layout_cases=("base", "masked"),
     ),
     "batch_norm_elemt": OpSpec(
@@ -576,7 +578,7 @@ SPECS: Dict[str, OpSpec] = {
         BN_CASES + ("allpad",),
         channel_args=("input",),
         pad="pad_mask",
-        padded=BN_PADDED,
+        padded=PADDED,
         layout_cases=("base", "masked"),
     ),
     "batch_norm_train": OpSpec(_build_batch_norm_train, _batch_norm_train_reference, BN_CASES, channel_args=("input",)),
@@ -593,7 +595,7 @@ SPECS: Dict[str, OpSpec] = {
         has_params=False,
         channel_args=("grad_out", "input"),
         pad="pad_mask",
-        padded=BN_PADDED,
+        padded=PADDED,
         layout_cases=("base", "masked"),
     ),
     "batch_norm_backward_elemt": OpSpec(
@@ -602,7 +604,7 @@ SPECS: Dict[str, OpSpec] = {
         BN_CASES + ("allpad",),
         channel_args=("grad_out", "input"),
         pad="pad_mask",
-        padded=BN_PADDED,
+        padded=PADDED,
         layout_cases=("base", "masked"),
     ),
 }
