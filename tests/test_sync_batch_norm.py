@@ -69,6 +69,12 @@ def _entry(rank, world_size, port, fn, backend, simt_seed, pg_timeout):
                 fn(rank, world_size)
     finally:
         dist.destroy_process_group()
+    # Reached only when fn passed. torch 2.11's interpreter teardown in a worker that ran
+    # torch.compile and gloo collectives aborts now and then ("terminate called without an active
+    # exception", after the group is destroyed), so a passing worker exits here, skipping it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _spawn(fn, world_size, timeout=240, backend="gloo", simt_seed=None, pg_timeout=60):
