@@ -67,7 +67,8 @@ class Sample:
         for name in self.spec.padded:
             if isinstance(base.get(name), Tensor):
                 base[name] = base[name].clone()
-                base[name][mask] = fill
+                # "large" is the dtype's largest finite value where 1e30 does not fit (fp16)
+                base[name][mask] = min(fill, torch.finfo(base[name].dtype).max) if math.isfinite(fill) else fill
         return Sample(self.op, base, self.desc, self.layouts)
 
 
