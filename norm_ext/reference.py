@@ -290,10 +290,6 @@ def masked_batch_norm(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _row_mean(t: Tensor, k: int) -> Tensor:
-    return t.mean(dim=tuple(range(t.dim() - k, t.dim())), keepdim=True)
-
-
 def _row_sum_over_rows(t: Tensor, k: int) -> Tensor:
     return t.sum(dim=tuple(range(t.dim() - k)))
 
@@ -325,8 +321,9 @@ def row_norm_backward(
     else:
         x_hat = (saved - _f64(mean).reshape(stat_shape)) * rstd
     g = dy if scale is None else dy * scale
-    centred = g - _row_mean(g, k) if mean is not None else g
-    grad_input = rstd * (centred - x_hat * _row_mean(g * x_hat, k))
+    dims = _reduce_dims(g, normalized_shape)
+    centred = g - g.mean(dim=dims, keepdim=True) if mean is not None else g
+    grad_input = rstd * (centred - x_hat * (g * x_hat).mean(dim=dims, keepdim=True))
     if grad_residual is not None:
         grad_input = grad_input + _f64(grad_residual)
     grad_weight = None if weight is None else _row_sum_over_rows(dy * x_hat, k)
