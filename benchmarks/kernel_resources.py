@@ -46,6 +46,11 @@ LAUNCH_THREADS = {
     "group_norm_apply_kernel": 256,
     "group_norm_backward_reduce_kernel": 256,
     "group_norm_grad_input_kernel": 256,
+    "group_norm_param_grad_fold_kernel": 256,  # kGnFoldThreads
+    "group_stats_tiled_kernel": 256,
+    "group_norm_apply_tiled_kernel": 256,
+    "group_norm_backward_tiled_kernel": 256,
+    "group_norm_grad_input_tiled_kernel": 256,
     # plans/power_norm.h: kPnLanes x kPnRows, kPnThreads
     "power_norm_stats_kernel": 256,
     "power_norm_backward_kernel": 256,
@@ -56,6 +61,9 @@ LAUNCH_THREADS = {
     "weight_norm_partial_kernel": 512,
     "weight_norm_scale_kernel": 512,
     "weight_norm_grad_kernel": 512,
+    "weight_norm_partial_columns_kernel": 512,
+    "weight_norm_scale_columns_kernel": 512,
+    "weight_norm_grad_columns_kernel": 512,
     # plans/row_norm.h: kRowReduceCols x kRowReduceSplits
     "reduce_param_grad_partials": 256,
 }

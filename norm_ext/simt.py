@@ -143,11 +143,19 @@ class Launch:
     dynamic_smem: int
     static_smem: int
     threads: int  # threads that ran
+    # The checked build counts what follows from every access; the plain build does not see the
+    # accesses (None each).
     # Threads that had global memory of their own: wrote a byte, or read a byte that at most one other
     # thread read (values many threads read, such as per-channel coefficients, are nobody's work). The
-    # lanes that did the launch's work; the checked build counts them, the plain build does not see
-    # the accesses (None).
+    # lanes that did the launch's work.
     threads_working: Optional[int]
+    # Over the warps' memory requests (the accesses of one warp's lanes at one instruction, the k-th
+    # time each lane runs it): the 32-byte sectors touched, and the fewest their distinct bytes fill.
+    sectors: Optional[int]
+    ideal_sectors: Optional[int]
+    # Global bytes accessed, by the launch and by its busiest block.
+    bytes: Optional[int]
+    busiest_block_bytes: Optional[int]
 
     @property
     def blocks(self) -> int:
@@ -163,6 +171,14 @@ class Launch:
         if self.threads_working is None or self.threads == 0:
             return None
         return self.threads_working / self.threads
+
+    @property
+    def sector_efficiency(self) -> Optional[float]:
+        """Ideal sectors over touched sectors of the warps' requests: 1.0 is fully coalesced, 1/8 a
+        warp reading one float32 from each of 32 sectors (checked build; None otherwise)."""
+        if self.sectors is None or self.sectors == 0:
+            return None
+        return self.ideal_sectors / self.sectors
 
     @property
     def name(self) -> str:
@@ -183,8 +199,8 @@ def launch_log() -> Iterator[List[Launch]]:
         yield launches
     finally:
         for record in module.take_launch_log():
-            working = record[-1]
-            launches.append(Launch(*record[:-1], threads_working=None if working < 0 else working))
+            access = [None if v < 0 else v for v in record[-1]]
+            launches.append(Launch(*record[:-1], *access))
         module.set_launch_log(False)
 
 

@@ -97,14 +97,17 @@ OCCUPANCY_BUDGETS = [
     # Streaming: nothing held across the row, so latency is hidden by warps alone.
     (r"row_norm_(fwd_stream|bwd_stream|bwd_row_sums)<|reduce_param_grad_partials<", 0.5),
     # fp64 reductions (Welford states of three doubles): a correctness path, not a bandwidth one.
-    (r"(reduce_channels_first_kernel|group_norm_backward_reduce_kernel)<.*double", 0.25),
+    # GroupNorm's tiled apply and grad_input hold a group's statistics and three doubles of the merge.
+    (r"(reduce_channels_first|group_norm_backward_reduce|group_norm_(apply|grad_input)_tiled)_kernel<.*double", 0.25),
     # BatchNorm, GroupNorm, PowerNorm and weight norm: streaming reductions and element-wise maps
     # with nothing held per thread but a few accumulators; half the SM's warps hide the latency
     # (__launch_bounds__ holds the two widest reductions to 64 registers).
     (
         r"(reduce_channels_(first|last)|merge_partials|affine_channels_(first|last)|group_stats|group_norm_apply"
-        r"|group_norm_backward_reduce|group_norm_grad_input|power_norm_(stats|backward|forward|backward_finalize)"
-        r"|sum_partials|weight_norm_(partial|scale|grad))_kernel<",
+        r"|group_norm_backward_reduce|group_norm_grad_input|group_norm_param_grad_fold"
+        r"|group_(stats|norm_apply|norm_backward|norm_grad_input)_tiled"
+        r"|power_norm_(stats|backward|forward|backward_finalize)|sum_partials|weight_norm_(partial|scale|grad)(_columns)?)"
+        r"_kernel<",
         0.5,
     ),
 ]

@@ -50,16 +50,20 @@ def _run_pair(module, state, steps, pad_mask, dtype, device, **kw):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("group_num", [1, 2])
-def test_training_steps_match_reference(device, dtype, masked, group_num):
+# (time, channels): one token block of 8 channels (a GPU warp row takes 4 tokens); three token blocks
+# of 12 channels (16 lanes a token, 4 idle) and of 40 (two channel blocks, the second partial).
+@pytest.mark.parametrize("time,channels", [(5, 8), (50, 12), (50, 40)])
+def test_training_steps_match_reference(device, dtype, masked, group_num, time, channels):
     """Six steps across a warmup of three: the batch-statistics/running-statistics switch, the running
     psi^2 and Gamma updates and the approximate backward all follow the float64 transcription."""
     kw = dict(alpha_fwd=0.8, alpha_bkw=0.7, eps=1e-5, warmup_iters=3, group_num=group_num)
-    module = norm_ext.nn.PowerNorm(8, **kw, device=device, dtype=dtype)
+    module = norm_ext.nn.PowerNorm(channels, **kw, device=device, dtype=dtype)
     with torch.no_grad():
-        module.weight.copy_(torch.linspace(0.5, 1.5, 8))
-        module.bias.copy_(torch.linspace(-0.2, 0.2, 8))
-    pad_mask = _mask(3, 5, [5, 2, 4]) if masked else None
-    _run_pair(module, reference.PowerNormState(8), _steps(6, (3, 5, 8)), pad_mask, dtype, device, **kw)
+        module.weight.copy_(torch.linspace(0.5, 1.5, channels))
+        module.bias.copy_(torch.linspace(-0.2, 0.2, channels))
+    pad_mask = _mask(3, time, [time, time * 2 // 5, time * 4 // 5]) if masked else None
+    steps = _steps(6, (3, time, channels))
+    _run_pair(module, reference.PowerNormState(channels), steps, pad_mask, dtype, device, **kw)
 
 
 def test_warmup_switch():

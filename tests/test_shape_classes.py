@@ -1,7 +1,8 @@
 """Every shape class keeps an H200 busy (norm_ext.bench.shape_classes, issue 20 part 5): per launch of
 each class, at least one block per SM unless the class says why less work cannot, and (checked build,
-which sees the threads' accesses) more than half the launched threads doing work, at every C. The
-table: benchmarks/results/launch-shapes.md, from ``python -m norm_ext.bench.shape_classes``."""
+which sees the threads' accesses) more than half the launched threads doing work, at every C, the
+warps' requests coalesced and no block a tail. The table: benchmarks/results/launch-shapes.md, from
+``python -m norm_ext.bench.shape_classes``."""
 
 import pytest
 from conftest import SIMT, needs_checked_simt
@@ -32,9 +33,21 @@ def test_most_threads_work(shape_class, device):
     assert not _problems(rows), _problems(rows)
 
 
-def _row(kernel="k", blocks=sc.H200_SMS, working=1.0, small=None):
+def _row(kernel="k", blocks=sc.H200_SMS, working=1.0, small=None, coalesced=1.0, busiest_share=1.0):
     shape_class = sc.ShapeClass("c", "family", "shape", lambda: None, small)
-    return sc.LaunchRow(shape_class, kernel, (blocks, 1, 1), (256, 1, 1), 1, blocks, working)
+    total = 1000 * min(blocks, sc.H200_SMS)
+    return sc.LaunchRow(
+        shape_class,
+        kernel,
+        (blocks, 1, 1),
+        (256, 1, 1),
+        1,
+        blocks,
+        working,
+        coalesced,
+        total,
+        int(busiest_share * 1000),
+    )
 
 
 def test_the_rules_catch_idle_launches():
@@ -45,3 +58,11 @@ def test_the_rules_catch_idle_launches():
     assert _row(working=1 / 32).problems() == ["3% of the threads work"]
     assert _row(working=0.5).problems() == ["50% of the threads work"]
     assert _row(kernel="merge_partials_kernel", blocks=1, working=1 / 256).problems() == []
+    # Weight norm with dim the last, read along a slice: a warp's floats a row of 1024 apart.
+    assert _row(coalesced=1 / 8).problems() == ["requests 12% coalesced"]
+    # The row norms' backward storing its dγ/dβ partials a float per lane, four floats apart.
+    assert _row(coalesced=0.5).problems() == ["requests 50% coalesced"]
+    assert _row(coalesced=0.6).problems() == []
+    # GroupNorm's dweight / dbias at 16 channels before the row splits: 16 blocks over every row.
+    assert _row(busiest_share=4.0).problems() == ["a block carries 4.0x an SM's share"]
+    assert _row(busiest_share=2.0).problems() == []

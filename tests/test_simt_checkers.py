@@ -113,6 +113,32 @@ def test_simt_launch_checks(name, pattern):
     assert re.search(pattern, report), report
 
 
+# (self-test, kernel, sectors / ideal sectors, the busiest block's bytes over an SM's even share): four
+# blocks of 64 threads; float4 loads and float stores of consecutive threads are coalesced, and the
+# host's split of a 16-byte load is put back together; floats 32 bytes apart take a sector each, a
+# warp's load 32 sectors for the 4 its bytes fill, plus its store's 4 (36 / 8); one block of four
+# doing all the copying carries 4 shares.
+ACCESS_PATTERNS = [
+    ("coalesced_copy", "strided_copy", 1.0, 1.0),
+    ("strided_copy", "strided_copy", 36 / 8, 1.0),
+    ("aligned_float4", "vector_load", 1.0, 1.0),
+    ("lopsided_copy", "lopsided_copy", 1.0, 4.0),
+]
+
+
+@needs_checked_simt
+@pytest.mark.parametrize("name,kernel,sectors_over_ideal,share", ACCESS_PATTERNS, ids=[p[0] for p in ACCESS_PATTERNS])
+def test_simt_launch_log_sees_coalescing_and_balance(name, kernel, sectors_over_ideal, share):
+    with simt.launch_log() as launches:
+        simt.selftest(name)
+    (launch,) = launches
+    assert launch.name == kernel
+    assert launch.sectors / launch.ideal_sectors == pytest.approx(sectors_over_ideal)
+    even_share = launch.bytes / min(launch.blocks, 132)
+    assert launch.busiest_block_bytes / even_share == pytest.approx(share)
+
+
 def test_simt_every_selftest_is_covered():
     covered = {b.values[0] for b in BUGS} | set(FIXED) | {name for name, _ in INVALID_LAUNCHES}
+    covered |= {name for name, *_ in ACCESS_PATTERNS}
     assert covered == set(simt.selftest_names())

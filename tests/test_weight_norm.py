@@ -13,7 +13,9 @@ TOL = {
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
 }
 # The CPU kernels vectorize along a slice's row when it is long (dim=0: 27, 2100 with several sum
-# chunks) and across slices when inner = 1 (dim=-1: 70 slices, two vector pairs and a tail).
+# chunks) and across slices when inner = 1 (dim=-1: 70 slices, two vector pairs and a tail). The GPU
+# kernels read slices shorter inside than a warp across (inner 1, 3, 5, 27); 1100 rows take several
+# row chunks, 40 and 60 columns a partial second tile.
 SHAPES_DIMS = [
     ((8, 5), 0),
     ((8, 5), 1),
@@ -24,6 +26,8 @@ SHAPES_DIMS = [
     ((40, 2100), 0),
     ((37, 70), 1),
     ((33, 65), None),
+    ((1100, 40), 1),
+    ((300, 20, 3), 1),
 ]
 
 

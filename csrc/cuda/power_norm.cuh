@@ -25,17 +25,51 @@ using plans::kPnRows;
 
 // ----- device code ----------------------------------------------------------------------------------
 
-// Sums `value` over the kPnRows thread rows of the block; the result is valid in row 0.
+// A thread's place in a reduction block (plans/power_norm.h): lane l of warp row y takes channel
+// blockIdx.x * width + l % width of token l / width of each group of 32 / width tokens.
+struct PnSlot {
+  int width;
+  int64_t c;
+  int64_t first;  // the thread's first token
+  int64_t step;   // between its tokens
+  bool active;    // has a channel
+  bool counts;    // counts its tokens (one lane per token)
+};
+
+__device__ __forceinline__ PnSlot pn_slot(int width, int64_t channels, int64_t block_tokens) {
+  const int tokens_per_row = kPnLanes / width;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * width + threadIdx.x % width;
+  const int64_t first =
+      static_cast<int64_t>(blockIdx.y) * block_tokens + threadIdx.y * tokens_per_row + threadIdx.x / width;
+  return {width, c, first, static_cast<int64_t>(kPnRows) * tokens_per_row, c < channels, threadIdx.x % width == 0};
+}
+
+// Sums `value` over the block's threads of each channel, in an order fixed by thread indices; the
+// result is valid in the threads (0 <= x < width, y = 0).
 template <typename acc_t>
-__device__ __forceinline__ acc_t sum_rows(acc_t value, acc_t (*scratch)[kPnLanes]) {
+__device__ __forceinline__ acc_t sum_channel(acc_t value, const PnSlot& p, acc_t (*scratch)[kPnLanes]) {
   scratch[threadIdx.y][threadIdx.x] = value;
   __syncthreads();
   acc_t total = 0;
-  if (threadIdx.y == 0) {
-#pragma unroll
-    for (int r = 0; r < kPnRows; ++r) total += scratch[r][threadIdx.x];
+  if (threadIdx.y == 0 && static_cast<int>(threadIdx.x) < p.width) {
+    for (int r = 0; r < kPnRows; ++r) {
+      for (int l = threadIdx.x; l < kPnLanes; l += p.width) total += scratch[r][l];
+    }
   }
   __syncthreads();
+  return total;
+}
+
+// The block's count of valid tokens, in thread (0, 0).
+__device__ __forceinline__ int64_t sum_tokens(int64_t valid, int64_t (*count_scratch)[kPnLanes]) {
+  count_scratch[threadIdx.y][threadIdx.x] = valid;
+  __syncthreads();
+  int64_t total = 0;
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    for (int r = 0; r < kPnRows; ++r) {
+      for (int l = 0; l < kPnLanes; ++l) total += count_scratch[r][l];
+    }
+  }
   return total;
 }
 
@@ -43,32 +77,27 @@ __device__ __forceinline__ acc_t sum_rows(acc_t value, acc_t (*scratch)[kPnLanes
 template <typename scalar_t, typename acc_t>
 __global__ void power_norm_stats_kernel(const scalar_t* __restrict__ x, const bool* __restrict__ pad,
                                         acc_t* __restrict__ partial_sq, int64_t* __restrict__ partial_count,
-                                        int64_t tokens, int64_t channels, int64_t block_tokens) {
+                                        int64_t tokens, int64_t channels, int64_t block_tokens, int width) {
   NORM_EXT_SHARED(acc_t, scratch, [kPnRows][kPnLanes]);
-  NORM_EXT_SHARED(int64_t, count_scratch, [kPnRows]);
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kPnLanes + threadIdx.x;
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * block_tokens;
-  const int64_t end = std::min(tokens, begin + block_tokens);
+  NORM_EXT_SHARED(int64_t, count_scratch, [kPnRows][kPnLanes]);
+  const PnSlot p = pn_slot(width, channels, block_tokens);
+  const int64_t end = std::min(tokens, static_cast<int64_t>(blockIdx.y + 1) * block_tokens);
   acc_t sum_sq = 0;
   int64_t valid = 0;
-  for (int64_t n = begin + threadIdx.y; n < end; n += kPnRows) {
+  for (int64_t n = p.first; n < end; n += p.step) {
     if (pad != nullptr && pad[n]) continue;
-    ++valid;
-    if (c < channels) {
-      const acc_t v = static_cast<acc_t>(x[n * channels + c]);
+    valid += p.counts ? 1 : 0;
+    if (p.active) {
+      const acc_t v = static_cast<acc_t>(x[n * channels + p.c]);
       sum_sq += v * v;
     }
   }
-  if (threadIdx.x == 0) count_scratch[threadIdx.y] = valid;
-  const acc_t total = sum_rows(sum_sq, scratch);
-  if (threadIdx.y == 0) {
-    if (c < channels) partial_sq[blockIdx.y * channels + c] = total;
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-      int64_t block_count = 0;
-      for (int r = 0; r < kPnRows; ++r) block_count += count_scratch[r];
-      partial_count[blockIdx.y] = block_count;
-    }
+  const acc_t total = sum_channel(sum_sq, p, scratch);
+  const int64_t block_count = sum_tokens(valid, count_scratch);
+  if (threadIdx.y == 0 && static_cast<int>(threadIdx.x) < width && p.active) {
+    partial_sq[blockIdx.y * channels + p.c] = total;
   }
+  if (blockIdx.x == 0 && threadIdx.x == 0 && threadIdx.y == 0) partial_count[blockIdx.y] = block_count;
 }
 
 // out[c] = sum over the `rows` partial rows, in row order; thread 0 also totals the counts.
@@ -109,21 +138,21 @@ __global__ void power_norm_backward_kernel(const scalar_t* __restrict__ dy, cons
                                            const acc_t* __restrict__ weight, const acc_t* __restrict__ ema_gz,
                                            acc_t one_minus_alpha, scalar_t* __restrict__ dx,
                                            acc_t* __restrict__ partial, int64_t* __restrict__ partial_count,
-                                           int64_t tokens, int64_t channels, int64_t block_tokens) {
+                                           int64_t tokens, int64_t channels, int64_t block_tokens, int width) {
   NORM_EXT_SHARED(acc_t, scratch, [kPnRows][kPnLanes]);
-  NORM_EXT_SHARED(int64_t, count_scratch, [kPnRows]);
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kPnLanes + threadIdx.x;
-  const int64_t begin = static_cast<int64_t>(blockIdx.y) * block_tokens;
-  const int64_t end = std::min(tokens, begin + block_tokens);
-  const bool active = c < channels;
+  NORM_EXT_SHARED(int64_t, count_scratch, [kPnRows][kPnLanes]);
+  const PnSlot p = pn_slot(width, channels, block_tokens);
+  const int64_t end = std::min(tokens, static_cast<int64_t>(blockIdx.y + 1) * block_tokens);
+  const int64_t c = p.c;
+  const bool active = p.active;
   const acc_t s = active ? scale[c] : acc_t(0);
   const acc_t w = active ? weight[c] : acc_t(0);
   const acc_t correction = active ? one_minus_alpha * ema_gz[c] : acc_t(0);
   acc_t gamma = 0, dw = 0, db = 0;
   int64_t valid = 0;
-  for (int64_t n = begin + threadIdx.y; n < end; n += kPnRows) {
+  for (int64_t n = p.first; n < end; n += p.step) {
     const bool is_valid = pad == nullptr || !pad[n];
-    valid += is_valid ? 1 : 0;
+    valid += is_valid && p.counts ? 1 : 0;
     if (!active) continue;
     const int64_t i = n * channels + c;
     const acc_t z = static_cast<acc_t>(x[i]) * s;
@@ -135,19 +164,16 @@ __global__ void power_norm_backward_kernel(const scalar_t* __restrict__ dy, cons
     db += g_out;
     gamma += approx * z;
   }
-  if (threadIdx.x == 0) count_scratch[threadIdx.y] = valid;
+  const bool writer = threadIdx.y == 0 && static_cast<int>(threadIdx.x) < width && active;
   const int64_t row = static_cast<int64_t>(blockIdx.y) * 3 * channels;
-  gamma = sum_rows(gamma, scratch);
-  if (threadIdx.y == 0 && active) partial[row + c] = gamma;
-  dw = sum_rows(dw, scratch);
-  if (threadIdx.y == 0 && active) partial[row + channels + c] = dw;
-  db = sum_rows(db, scratch);
-  if (threadIdx.y == 0 && active) partial[row + 2 * channels + c] = db;
-  if (blockIdx.x == 0 && threadIdx.x == 0 && threadIdx.y == 0) {
-    int64_t block_count = 0;
-    for (int r = 0; r < kPnRows; ++r) block_count += count_scratch[r];
-    partial_count[blockIdx.y] = block_count;
-  }
+  gamma = sum_channel(gamma, p, scratch);
+  if (writer) partial[row + c] = gamma;
+  dw = sum_channel(dw, p, scratch);
+  if (writer) partial[row + channels + c] = dw;
+  db = sum_channel(db, p, scratch);
+  if (writer) partial[row + 2 * channels + c] = db;
+  const int64_t block_count = sum_tokens(valid, count_scratch);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && threadIdx.y == 0) partial_count[blockIdx.y] = block_count;
 }
 
 template <typename acc_t>
@@ -190,7 +216,8 @@ struct GpuPowerNorm {
       using acc_t = at::opmath_type<scalar_t>;
       launch(power_norm_stats_kernel<scalar_t, acc_t>, launch_shape(plan.reduce_grid, {kPnLanes, kPnRows, 1}), stream,
              c.input.const_data_ptr<scalar_t>(), pad_ptr(c.pad), partial.mutable_data_ptr<acc_t>(),
-             partial_count.mutable_data_ptr<int64_t>(), c.shape.tokens, c.shape.channels, plan.block_tokens);
+             partial_count.mutable_data_ptr<int64_t>(), c.shape.tokens, c.shape.channels, plan.block_tokens,
+             plan.width);
       launch(sum_partials_kernel<acc_t>, launch_shape(plan.finalize_grid, plans::kPnThreads), stream,
              partial.const_data_ptr<acc_t>(), partial_count.const_data_ptr<int64_t>(),
              c.sum_sq.mutable_data_ptr<acc_t>(), c.count.mutable_data_ptr<acc_t>(), plan.token_blocks,
@@ -221,7 +248,7 @@ struct GpuPowerNorm {
              c.scale.const_data_ptr<acc_t>(), c.weight.const_data_ptr<acc_t>(), c.ema_gz.const_data_ptr<acc_t>(),
              static_cast<acc_t>(1.0 - c.alpha_bkw), c.grad_input.mutable_data_ptr<scalar_t>(),
              partial.mutable_data_ptr<acc_t>(), partial_count.mutable_data_ptr<int64_t>(), c.shape.tokens, C,
-             plan.block_tokens);
+             plan.block_tokens, plan.width);
       launch(power_norm_backward_finalize_kernel<acc_t>, launch_shape(plan.finalize_grid, plans::kPnThreads), stream,
              partial.const_data_ptr<acc_t>(), partial_count.const_data_ptr<int64_t>(),
              c.ema_gz.mutable_data_ptr<acc_t>(), c.grad_weight.mutable_data_ptr<acc_t>(),

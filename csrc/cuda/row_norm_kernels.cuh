@@ -486,6 +486,23 @@ __device__ __forceinline__ void accumulate_bwd_vector(const RowNormBwdArgs<in_t,
   }
 }
 
+// The dgamma/dbeta partials of one thread's vector of columns, as vector stores: scalar stores of
+// kV consecutive columns per lane would make each warp-wide store touch kV times the sectors it
+// fills, and with few rows per block these partials are as large as the rows the block read.
+template <typename acc_t, int kV>
+__device__ __forceinline__ void store_param_partials(acc_t* dw_partial, acc_t* db_partial, int64_t offset,
+                                                     const acc_t (&dw)[kV], const acc_t (&db)[kV]) {
+  AlignedVector<acc_t, kV> w;
+  AlignedVector<acc_t, kV> b;
+#pragma unroll
+  for (int i = 0; i < kV; ++i) {
+    w.val[i] = dw[i];
+    b.val[i] = db[i];
+  }
+  if (dw_partial != nullptr) store_vector(dw_partial + offset, w);
+  if (db_partial != nullptr) store_vector(db_partial + offset, b);
+}
+
 // One row of the register-held backward, shared by the register and the cluster kernels: this
 // thread's vector k sits at column col_of(k), or nowhere where that is negative. Loads x_hat and g,
 // adds to the dgamma/dbeta partials and returns the thread's share of the two row sums.
@@ -605,20 +622,16 @@ __global__ void __launch_bounds__(kRowBwdMaxThreads)
         if (col < 0) continue;
 #pragma unroll
         for (int i = 0; i < kV; ++i) {
-          acc_t dw_sum = dw[k][i];
-          acc_t db_sum = db[k][i];
           if (turn > 0) {
-            dw_sum += combine[col + i];
-            db_sum += combine[a.cols + col + i];
+            dw[k][i] += combine[col + i];
+            db[k][i] += combine[a.cols + col + i];
           }
           if (!last) {
-            combine[col + i] = dw_sum;
-            combine[a.cols + col + i] = db_sum;
-          } else {
-            if (dw_out != nullptr) dw_out[col + i] = dw_sum;
-            if (db_out != nullptr) db_out[col + i] = db_sum;
+            combine[col + i] = dw[k][i];
+            combine[a.cols + col + i] = db[k][i];
           }
         }
+        if (last) store_param_partials<acc_t, kV>(dw_out, db_out, col, dw[k], db[k]);
       }
     }
     __syncthreads();
@@ -686,12 +699,7 @@ __global__ void __launch_bounds__(kRowStreamThreads)
     }
     store_bwd_vector<in_t, saved_t, kV>(a, offset, rstd, row_means[2 * row], row_means[2 * row + 1], xhat, g);
   }
-  const int64_t partial_offset = static_cast<int64_t>(blockIdx.y) * a.cols + col;
-#pragma unroll
-  for (int i = 0; i < kV; ++i) {
-    if (dw_partial != nullptr) dw_partial[partial_offset + i] = dw[i];
-    if (db_partial != nullptr) db_partial[partial_offset + i] = db[i];
-  }
+  store_param_partials<acc_t, kV>(dw_partial, db_partial, static_cast<int64_t>(blockIdx.y) * a.cols + col, dw, db);
 }
 
 // Cluster path of the backward (sm_90), for rows past the register path: as in the forward, each
@@ -749,12 +757,7 @@ __global__ void __launch_bounds__(kRowBwdMaxThreads)
 #pragma unroll
   for (int k = 0; k < kNV; ++k) {
     const int64_t col = col_of(k);
-    if (col < 0) continue;
-#pragma unroll
-    for (int i = 0; i < kV; ++i) {
-      if (dw_partial != nullptr) dw_partial[partial_offset + col + i] = dw[k][i];
-      if (db_partial != nullptr) db_partial[partial_offset + col + i] = db[k][i];
-    }
+    if (col >= 0) store_param_partials<acc_t, kV>(dw_partial, db_partial, partial_offset + col, dw[k], db[k]);
   }
   cluster.sync();
 #else

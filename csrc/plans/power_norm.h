@@ -1,8 +1,10 @@
 #pragma once
 // Launch plan of the PowerNorm GPU kernels (cuda/power_norm.cuh). Per-channel reductions use a 2-D
-// grid: x picks 32 consecutive channels (one per lane, so each warp reads a coalesced run of a token
-// row), y a block of tokens whose size depends only on the token count, so that results do not
-// depend on the device; each block writes one row of partials, summed in order by a second kernel.
+// grid: x picks `width` consecutive channels, y a block of tokens whose size depends only on the
+// token count, so that results do not depend on the device; each block writes one row of partials,
+// summed in order by a second kernel. A warp takes 32 / width consecutive tokens of `width` channels
+// each, one channel per lane, so that it reads one coalesced run: width is 32, or for fewer channels
+// the power of two that holds them (with C = 16, 32 lanes on one token would leave half idle).
 
 #include <algorithm>
 #include <array>
@@ -19,6 +21,7 @@ inline constexpr int64_t kPnMaxTokenBlocks = 512;
 inline constexpr int kPnThreads = 256;
 
 struct PowerNormPlan {
+  int width;             // channels per warp row
   int64_t block_tokens;  // tokens per block of the reductions
   int64_t token_blocks;
   std::array<int64_t, 3> reduce_grid;
@@ -31,7 +34,10 @@ inline PowerNormPlan plan_power_norm(int64_t tokens, int64_t channels, const Dev
   const int64_t blocks = ceil_div(tokens, size);
   const int64_t forward_grid =
       std::min<int64_t>(static_cast<int64_t>(d.sm_count) * 8, ceil_div(tokens * channels, kPnThreads));
-  return {size, blocks, {ceil_div(channels, kPnLanes), blocks, 1}, ceil_div(channels, kPnThreads), forward_grid};
+  int width = kPnLanes;
+  while (width > 1 && width / 2 >= channels) width /= 2;
+  return {width,       size, blocks, {ceil_div(channels, int64_t{width}), blocks, 1}, ceil_div(channels, kPnThreads),
+          forward_grid};
 }
 
 }  // namespace norm_ext::plans

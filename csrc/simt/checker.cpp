@@ -64,6 +64,43 @@ struct Readers {
 };
 constexpr std::uint32_t kBroadcast = 0xffffffffu;
 
+// A lane's visit to an instruction that accesses global memory: the lane (grid-wide thread index)
+// and the instruction's address. Its count numbers the lane's visits, and the k-th visits of a warp's
+// lanes form one memory request, as the lanes of a converged warp issue it together.
+struct LaneSite {
+  std::uint64_t thread;
+  std::uintptr_t pc;
+  bool operator==(const LaneSite&) const = default;
+};
+struct Request {
+  std::uint64_t warp;
+  std::uintptr_t pc;
+  std::uint32_t visit;
+  bool operator==(const Request&) const = default;
+};
+struct KeyHash {
+  static std::size_t mix(std::uint64_t a, std::uint64_t b) {
+    return static_cast<std::size_t>((a * 0x9e3779b97f4a7c15ull) ^ (b + 0x632be59bd9b4e019ull + (a << 6)));
+  }
+  std::size_t operator()(const LaneSite& k) const { return mix(k.thread, k.pc); }
+  std::size_t operator()(const Request& k) const { return mix(k.warp, k.pc * 31 + k.visit); }
+};
+struct Span {
+  std::uintptr_t begin;
+  std::uintptr_t end;
+};
+constexpr std::uintptr_t kSectorBits = 5;
+// A lane's access not yet filed as a request: the host compiler may split one 128-bit access of the
+// device code into narrower ones, which are put back together while they continue one another
+// within one aligned 16-byte segment.
+struct PendingAccess {
+  Span span;
+  std::uintptr_t pc;
+  std::uint64_t warp;
+  bool write;
+};
+constexpr std::uintptr_t kWidestAccessBits = 4;
+
 struct CheckerState {
   std::vector<ArrayRef> arrays;  // of the running cluster
   std::unordered_map<std::uintptr_t, std::unique_ptr<GlobalCell[]>> pages;
@@ -73,6 +110,10 @@ struct CheckerState {
   std::unordered_map<std::uintptr_t, std::unique_ptr<Readers[]>> read_pages;
   std::uintptr_t last_read_page = ~std::uintptr_t{0};
   Readers* last_readers = nullptr;
+  std::unordered_map<std::uint64_t, PendingAccess> pending;  // by grid-wide thread index
+  std::unordered_map<LaneSite, std::uint32_t, KeyHash> visits;
+  std::unordered_map<Request, std::vector<Span>, KeyHash> requests;
+  std::vector<std::int64_t> block_bytes;  // by grid-linear block index
 };
 // A pointer, so that reading it needs no thread-local initialization guard.
 NORM_EXT_SIMT_TLS CheckerState* tls_state = nullptr;
@@ -331,6 +372,30 @@ void check_global(ThreadState& t, std::uintptr_t addr, std::size_t size, bool wr
   if (!write) note_readers(addr, size, me);
 }
 
+void file_request(CheckerState& st, std::uint64_t thread, const PendingAccess& a) {
+  const std::uint32_t visit = st.visits[{thread, a.pc}]++;
+  st.requests[{a.warp, a.pc, visit}].push_back(a.span);
+}
+
+void note_request(const ThreadState& t, std::uintptr_t addr, std::size_t size, bool write, std::uintptr_t pc) {
+  CheckerState& st = state();
+  const Launch& l = *tls_launch;
+  const BlockState& b = *t.block;
+  const std::uint64_t thread = b.linear * l.threads_per_block + t.linear;
+  const std::uint64_t warp = b.linear * ((l.threads_per_block + 31) / 32) + t.linear / 32;
+  if (b.linear < st.block_bytes.size()) st.block_bytes[b.linear] += static_cast<std::int64_t>(size);
+  const auto [it, first] = st.pending.try_emplace(thread, PendingAccess{{addr, addr + size}, pc, warp, write});
+  if (first) return;
+  PendingAccess& p = it->second;
+  if (p.write == write && p.span.end == addr &&
+      p.span.begin >> kWidestAccessBits == (addr + size - 1) >> kWidestAccessBits) {
+    p.span.end = addr + size;
+    return;
+  }
+  file_request(st, thread, p);
+  p = {{addr, addr + size}, pc, warp, write};
+}
+
 // The entry points below are not instrumented themselves (they would call back into the checker);
 // what they call is, and runs with tls_in_runtime set, which sends those nested calls straight to
 // AddressSanitizer.
@@ -346,7 +411,7 @@ NORM_EXT_SIMT_UNCHECKED void asan_check(std::uintptr_t addr, std::size_t size, b
 
 }  // namespace
 
-NORM_EXT_SIMT_UNCHECKED void checked_access(std::uintptr_t addr, std::size_t size, bool write) {
+NORM_EXT_SIMT_UNCHECKED void checked_access(std::uintptr_t addr, std::size_t size, bool write, std::uintptr_t pc) {
   ThreadState* t = tls_thread;
   if (t == nullptr || tls_in_runtime || size == 0) {
     asan_check(addr, size, write);
@@ -378,16 +443,20 @@ NORM_EXT_SIMT_UNCHECKED void checked_access(std::uintptr_t addr, std::size_t siz
     check_shared(*t, *near, addr, size, write);
   } else {
     check_global(*t, addr, size, write);
+    note_request(*t, addr, size, write, pc);
     if (g_traffic != nullptr && g_traffic->counting) count_traffic(addr, size, write);
   }
   tls_in_runtime = false;
 }
 
-void checker_launch_begin(Launch&) {
+void checker_launch_begin(Launch& l) {
   checker_launch_end();
+  state().block_bytes.assign(static_cast<std::size_t>(l.grid.x) * l.grid.y * l.grid.z, 0);
 }
 
-std::int64_t checker_threads_working(const Launch& l) {
+namespace {
+
+std::int64_t threads_working(const Launch& l) {
   const CheckerState& st = state();
   std::vector<bool> working(static_cast<std::size_t>(l.grid.x) * l.grid.y * l.grid.z * l.threads_per_block);
   for (const auto& [page, cells] : st.pages) {
@@ -406,6 +475,46 @@ std::int64_t checker_threads_working(const Launch& l) {
   return std::count(working.begin(), working.end(), true);
 }
 
+// Sectors a request touches, and the fewest its distinct bytes could fill.
+void count_sectors(std::vector<Span>& spans, std::int64_t& sectors, std::int64_t& ideal) {
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  std::uintptr_t covered = 0;
+  std::uintptr_t next_sector = 0;  // the first sector not yet counted
+  std::int64_t distinct = 0;
+  for (const Span& s : spans) {
+    const std::uintptr_t from = std::max(s.begin, covered);
+    if (s.end > from) distinct += static_cast<std::int64_t>(s.end - from);
+    covered = std::max(covered, s.end);
+    const std::uintptr_t first = std::max(s.begin >> kSectorBits, next_sector);
+    const std::uintptr_t last = (s.end - 1) >> kSectorBits;
+    if (last >= first) {
+      sectors += static_cast<std::int64_t>(last - first + 1);
+      next_sector = last + 1;
+    }
+  }
+  ideal += (distinct + (std::int64_t{1} << kSectorBits) - 1) >> kSectorBits;
+}
+
+}  // namespace
+
+AccessStats checker_access_stats(const Launch& l) {
+  CheckerState& st = state();
+  AccessStats a;
+  a.threads_working = threads_working(l);
+  for (const auto& [thread, access] : st.pending) file_request(st, thread, access);
+  st.pending.clear();
+  a.sectors = 0;
+  a.ideal_sectors = 0;
+  for (auto& [request, spans] : st.requests) count_sectors(spans, a.sectors, a.ideal_sectors);
+  a.bytes = 0;
+  a.busiest_block_bytes = 0;
+  for (const std::int64_t b : st.block_bytes) {
+    a.bytes += b;
+    a.busiest_block_bytes = std::max(a.busiest_block_bytes, b);
+  }
+  return a;
+}
+
 void checker_launch_end() {
   CheckerState& st = state();
   st.pages.clear();
@@ -415,6 +524,10 @@ void checker_launch_end() {
   st.read_pages.clear();
   st.last_read_page = ~std::uintptr_t{0};
   st.last_readers = nullptr;
+  st.pending.clear();
+  st.visits.clear();
+  st.requests.clear();
+  st.block_bytes.clear();
 }
 
 void traffic_start() {
@@ -472,12 +585,15 @@ void checker_array_allocated(SharedArray& array, BlockState& owner) {
 }  // namespace norm_ext::simt
 
 // The callbacks AddressSanitizer's instrumentation calls under -asan-memory-access-callback-prefix.
-#define NORM_EXT_SIMT_ACCESS_HOOKS(n)                             \
-  extern "C" void __norm_ext_simt_load##n(std::uintptr_t addr) {  \
-    norm_ext::simt::checked_access(addr, n, false);               \
-  }                                                               \
-  extern "C" void __norm_ext_simt_store##n(std::uintptr_t addr) { \
-    norm_ext::simt::checked_access(addr, n, true);                \
+// The instruction after the call: one per access site of the kernels' code (a copy's store is
+// told from its load by adding 1).
+#define NORM_EXT_SIMT_CALLER reinterpret_cast<std::uintptr_t>(__builtin_return_address(0))
+#define NORM_EXT_SIMT_ACCESS_HOOKS(n)                                     \
+  extern "C" void __norm_ext_simt_load##n(std::uintptr_t addr) {          \
+    norm_ext::simt::checked_access(addr, n, false, NORM_EXT_SIMT_CALLER); \
+  }                                                                       \
+  extern "C" void __norm_ext_simt_store##n(std::uintptr_t addr) {         \
+    norm_ext::simt::checked_access(addr, n, true, NORM_EXT_SIMT_CALLER);  \
   }
 NORM_EXT_SIMT_ACCESS_HOOKS(1)
 NORM_EXT_SIMT_ACCESS_HOOKS(2)
@@ -486,23 +602,23 @@ NORM_EXT_SIMT_ACCESS_HOOKS(8)
 NORM_EXT_SIMT_ACCESS_HOOKS(16)
 
 extern "C" NORM_EXT_SIMT_UNCHECKED void __norm_ext_simt_loadN(std::uintptr_t addr, std::uintptr_t size) {
-  norm_ext::simt::checked_access(addr, size, false);
+  norm_ext::simt::checked_access(addr, size, false, NORM_EXT_SIMT_CALLER);
 }
 extern "C" NORM_EXT_SIMT_UNCHECKED void __norm_ext_simt_storeN(std::uintptr_t addr, std::uintptr_t size) {
-  norm_ext::simt::checked_access(addr, size, true);
+  norm_ext::simt::checked_access(addr, size, true, NORM_EXT_SIMT_CALLER);
 }
 extern "C" NORM_EXT_SIMT_UNCHECKED void* __norm_ext_simt_memcpy(void* dst, const void* src, std::uintptr_t size) {
-  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false);
-  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false, NORM_EXT_SIMT_CALLER);
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true, NORM_EXT_SIMT_CALLER + 1);
   return __asan_memcpy(dst, src, size);
 }
 extern "C" NORM_EXT_SIMT_UNCHECKED void* __norm_ext_simt_memmove(void* dst, const void* src, std::uintptr_t size) {
-  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false);
-  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(src), size, false, NORM_EXT_SIMT_CALLER);
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true, NORM_EXT_SIMT_CALLER + 1);
   return __asan_memmove(dst, src, size);
 }
 extern "C" NORM_EXT_SIMT_UNCHECKED void* __norm_ext_simt_memset(void* dst, int c, std::uintptr_t size) {
-  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true);
+  norm_ext::simt::checked_access(reinterpret_cast<std::uintptr_t>(dst), size, true, NORM_EXT_SIMT_CALLER);
   return __asan_memset(dst, c, size);
 }
 
@@ -527,8 +643,8 @@ TrafficCount traffic_total() {
   no_traffic();
 }
 void checker_launch_begin(Launch&) {}
-std::int64_t checker_threads_working(const Launch&) {
-  return -1;
+AccessStats checker_access_stats(const Launch&) {
+  return {};
 }
 void checker_launch_end() {}
 void checker_cluster_begin(ClusterState&) {}

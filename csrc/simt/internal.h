@@ -132,7 +132,7 @@ struct Launch {
   bool failed = false;
   std::string error;
   std::int64_t threads_run = 0;
-  std::int64_t threads_working = 0;
+  AccessStats access;
   std::int64_t max_static_smem = 0;
 };
 
@@ -183,10 +183,10 @@ std::string where(const std::source_location& site);
 
 // Hooks of the checked build (checker.cpp); no-ops in the plain build.
 void checker_launch_begin(Launch& launch);
-// Threads of the running launch that had global memory of their own: wrote a byte, or read a byte
-// that at most one other thread read (a value many threads read, such as a per-channel coefficient,
-// is no thread's work). -1 in the plain build.
-std::int64_t checker_threads_working(const Launch& launch);
+// The running launch's use of global memory (runtime.h). A thread works when it wrote a byte, or
+// read a byte that at most one other thread read (a value many threads read, such as a per-channel
+// coefficient, is no thread's work).
+AccessStats checker_access_stats(const Launch& launch);
 void checker_launch_end();
 void checker_cluster_begin(ClusterState& cluster);
 void checker_array_allocated(SharedArray& array, BlockState& owner);

@@ -115,7 +115,7 @@ PyObject* set_launch_log(PyObject*, PyObject* arg) {
 }
 
 // [(kernel, (grid x, y, z), (block x, y, z), cluster, dynamic smem, static smem, threads run,
-//   threads working or -1)]
+//   (threads working, sectors, ideal sectors, bytes, busiest block's bytes) or -1 each)]
 PyObject* take_launch_log(PyObject*, PyObject*) {
   const std::vector<simt::LaunchRecord> log = simt::take_launch_log();
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(log.size()));
@@ -123,9 +123,10 @@ PyObject* take_launch_log(PyObject*, PyObject*) {
     const simt::LaunchRecord& r = log[i];
     PyList_SET_ITEM(
         list, static_cast<Py_ssize_t>(i),
-        Py_BuildValue("(s(LLL)(LLL)LLLLL)", r.kernel.c_str(), r.shape.grid[0], r.shape.grid[1], r.shape.grid[2],
+        Py_BuildValue("(s(LLL)(LLL)LLLL(LLLLL))", r.kernel.c_str(), r.shape.grid[0], r.shape.grid[1], r.shape.grid[2],
                       r.shape.block[0], r.shape.block[1], r.shape.block[2], r.shape.cluster, r.shape.dynamic_smem,
-                      r.static_smem, r.threads_run, r.threads_working));
+                      r.static_smem, r.threads_run, r.access.threads_working, r.access.sectors, r.access.ideal_sectors,
+                      r.access.bytes, r.access.busiest_block_bytes));
   }
   return list;
 }

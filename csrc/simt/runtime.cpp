@@ -519,13 +519,13 @@ void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body
     free_cluster(c);
     if (l.failed) break;
   }
-  if (!l.failed) l.threads_working = checker_threads_working(l);
+  if (!l.failed) l.access = checker_access_stats(l);
   checker_launch_end();
   tls_launch = nullptr;
   TORCH_CHECK(!l.failed, l.error);
 
   const std::lock_guard<std::mutex> lock(g_log_mutex);
-  if (g_log_enabled) g_log.push_back({kernel_name(kernel), shape, l.max_static_smem, l.threads_run, l.threads_working});
+  if (g_log_enabled) g_log.push_back({kernel_name(kernel), shape, l.max_static_smem, l.threads_run, l.access});
 }
 
 // ----- the API the kernels call (simt/cuda_api.h) -------------------------------------------------

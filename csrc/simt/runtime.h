@@ -37,15 +37,29 @@ plans::KernelAttributes kernel_attributes(const void* kernel);
 // "plain" or "checked" (compiled with the race, uninitialized-read and AddressSanitizer checks).
 const char* flavour();
 
+// How a launch's threads used global memory, counted by the checked build, which sees every access;
+// -1 each in the plain build.
+struct AccessStats {
+  // Threads that had global memory of their own (a byte written, or read by at most two threads): the
+  // lanes that did the launch's work.
+  std::int64_t threads_working = -1;
+  // Over the warps' memory requests (the accesses of one warp's lanes at one instruction, the k-th
+  // time each lane runs it): the 32-byte sectors they touched, and the fewest that their distinct
+  // bytes could fill. Their ratio is the coalescing a GPU's memory system would see.
+  std::int64_t sectors = -1;
+  std::int64_t ideal_sectors = -1;
+  // Global bytes accessed by the launch, and by its busiest block: a block holding far more than an
+  // SM's even share keeps the launch running while the other SMs idle (a tail).
+  std::int64_t bytes = -1;
+  std::int64_t busiest_block_bytes = -1;
+};
+
 struct LaunchRecord {
   std::string kernel;
   plans::LaunchShape shape;
   std::int64_t static_smem;
   std::int64_t threads_run;  // total threads that executed
-  // Threads that had global memory of their own (a byte written, or read by at most two threads): the
-  // lanes that did the launch's work. Counted by the checked build, which sees every access; -1 in
-  // the plain build.
-  std::int64_t threads_working;
+  AccessStats access;
 };
 
 // Records every launch while enabled.

@@ -99,6 +99,19 @@ __global__ void vector_load(const float* in, float* out, int offset) {
   out[threadIdx.x] = v.val[0] + v.val[1] + v.val[2] + v.val[3];
 }
 
+// Access patterns whose coalescing and balance the checked build's launch log must see: each thread
+// copies in[t * stride] (stride 8: a warp's 32 floats in 32 sectors), and in `lopsided_copy` block 0
+// copies what the other blocks of the grid leave out.
+__global__ void strided_copy(const float* in, float* out, int stride) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  out[t] = in[t * stride];
+}
+
+__global__ void lopsided_copy(const float* in, float* out, int64_t n) {
+  if (blockIdx.x != 0) return;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[i] = in[i];
+}
+
 // Reads a shared slot that no thread wrote (the bug), or one that thread 0 wrote before the barrier.
 template <bool kWritten>
 __global__ void read_slot(float* out) {
@@ -275,6 +288,18 @@ const std::map<std::string, Case>& cases() {
     c["aligned_float4"] = [s] {
       Buffers b(4 * 32 + 4);
       launch(vector_load, launch_shape(1, 32), s, b.in.get(), b.out.get(), 0);
+    };
+    c["coalesced_copy"] = [s] {
+      Buffers b(4 * kThreads);
+      launch(strided_copy, launch_shape(4, kThreads), s, b.in.get(), b.out.get(), 1);
+    };
+    c["strided_copy"] = [s] {
+      Buffers b(8 * 4 * kThreads);
+      launch(strided_copy, launch_shape(4, kThreads), s, b.in.get(), b.out.get(), 8);
+    };
+    c["lopsided_copy"] = [s] {
+      Buffers b(4 * kThreads);
+      launch(lopsided_copy, launch_shape(4, kThreads), s, b.in.get(), b.out.get(), int64_t{4 * kThreads});
     };
     c["uninitialized_shared_read"] = [s] {
       Buffers b(kThreads);

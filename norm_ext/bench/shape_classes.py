@@ -1,13 +1,22 @@
 """Does every shape class keep an H200 busy? Each class below runs one op forward and backward on the
 SIMT backend, whose launch plans read an H200's properties (132 SMs), and its launch log gives, per
-launch, the grid, the blocks per SM and (checked build) the fraction of the launched threads that did
-work: wrote global memory, or read bytes that at most one other thread read (a value that many
-threads read, such as a per-channel coefficient, is nobody's work). Two rules hold for every launch of every class:
+launch, the grid, the blocks per SM and, from the checked build, which sees every access: the
+fraction of the launched threads that did work (wrote global memory, or read bytes that at most one
+other thread read; a value that many threads read, such as a per-channel coefficient, is nobody's
+work), the coalescing of the warps' memory requests (the 32-byte sectors their distinct bytes fill
+at best, over the sectors they touch) and the busiest block's share of the bytes. Four rules hold
+for every launch of every class:
 
-* it has at least one block per SM, unless the class says why less work cannot (``small``), or the
-  kernel is an epilogue that folds per-channel partial results (``EPILOGUES``: its work is the
-  channel count, not the input);
-* more than half of its threads work (epilogues excepted, for the same reason).
+* it has at least one block per SM, unless the class says why less work cannot (``small``);
+* more than half of its threads work;
+* its requests are coalesced: their bytes fill at least ``MIN_COALESCED`` of the sectors they touch
+  (a float32 per lane from 32 rows a channel apart fills 1/8; the row norms' backward, storing its
+  dγ/dβ partials one float per lane at a stride of four, filled half);
+* no block carries more than ``MAX_BLOCK_SHARE`` times an SM's even share of the launch's bytes (the
+  bytes over ``min(blocks, 132)``): such a block is a tail that runs on while the other SMs idle.
+
+Epilogues that fold per-channel partial results (``EPILOGUES``) are exempt: their work is the
+channel count, not the input, a few microseconds at most.
 
 ``python -m norm_ext.bench.shape_classes --out FILE`` writes the table; tests/test_shape_classes.py
 asserts the rules.
@@ -28,6 +37,8 @@ from ..nn import PowerNorm
 
 H200_SMS = 132
 MIN_WORKING = 0.5
+MIN_COALESCED = 0.6
+MAX_BLOCK_SHARE = 2.0
 
 # Kernels whose threads each fold one channel's (or one group's) partial results: C threads of work
 # whatever the input's size, a few microseconds at most.
@@ -36,6 +47,7 @@ EPILOGUES = {
     "sum_partials_kernel": "PowerNorm: one thread per channel sums the token blocks' partials",
     "power_norm_backward_finalize_kernel": "PowerNorm: one thread per channel sums the backward's partials",
     "reduce_param_grad_partials": "row norms: one thread per column folds the backward blocks' dγ/dβ partials",
+    "group_norm_param_grad_fold_kernel": "GroupNorm: one thread per channel folds its row splits' dγ/dβ partials",
 }
 
 
@@ -57,10 +69,20 @@ class LaunchRow:
     cluster: int
     blocks: int
     working: Optional[float]
+    coalesced: Optional[float] = None  # ideal over touched sectors
+    bytes: Optional[int] = None
+    busiest_block_bytes: Optional[int] = None
 
     @property
     def blocks_per_sm(self) -> float:
         return self.blocks / H200_SMS
+
+    @property
+    def busiest_block_share(self) -> Optional[float]:
+        """The busiest block's bytes over an SM's even share of the launch's bytes."""
+        if not self.bytes or self.busiest_block_bytes is None:
+            return None
+        return self.busiest_block_bytes / (self.bytes / min(self.blocks, H200_SMS))
 
     @property
     def epilogue(self) -> bool:
@@ -74,6 +96,11 @@ class LaunchRow:
             found.append(f"{self.blocks} blocks for {H200_SMS} SMs")
         if self.working is not None and self.working <= MIN_WORKING:
             found.append(f"{self.working:.0%} of the threads work")
+        if self.coalesced is not None and self.coalesced < MIN_COALESCED:
+            found.append(f"requests {self.coalesced:.0%} coalesced")
+        share = self.busiest_block_share
+        if share is not None and share > MAX_BLOCK_SHARE:
+            found.append(f"a block carries {share:.1f}x an SM's share")
         return found
 
 
@@ -158,6 +185,9 @@ def _classes() -> List[ShapeClass]:
         ("gn-small-ng", (2, 64, 64, 64), 32, False),
         ("gn-large-ng", (16, 64, 16, 16), 32, False),
         ("gn-nhwc", (16, 64, 16, 16), 32, True),
+        ("gn-small-c", (16, 16, 64, 64), 4, False),
+        ("gn-small-c-nhwc", (16, 16, 64, 64), 4, True),
+        ("in-nhwc", (16, 64, 16, 16), 64, True),
         ("in-16x16", (8, 64, 16, 16), 64, False),
         ("in-7x7", (32, 128, 7, 7), 128, False),
         ("in-3x3", (64, 128, 3, 3), 128, False),
@@ -169,6 +199,7 @@ def _classes() -> List[ShapeClass]:
     for dim in (0, 1, None):
         c.append(ShapeClass(f"wn-dim{dim}", "weight norm", f"(1024, 1024) dim={dim}", _weight_norm((1024, 1024), dim)))
     c.append(ShapeClass("pn-512", "PowerNorm", "(8, 512, 512)", _power_norm(8, 512, 512)))
+    c.append(ShapeClass("pn-16", "PowerNorm", "(64, 512, 16)", _power_norm(64, 512, 16)))
     return c
 
 
@@ -179,16 +210,33 @@ def measure(shape_class: ShapeClass) -> List[LaunchRow]:
     """Runs the class on the SIMT backend; one row per launch, in launch order."""
     with simt.serving("forward"), simt.launch_log() as launches:
         shape_class.run()
-    return [LaunchRow(shape_class, x.name, x.grid, x.block, x.cluster, x.blocks, x.working_fraction) for x in launches]
+    return [
+        LaunchRow(
+            shape_class,
+            x.name,
+            x.grid,
+            x.block,
+            x.cluster,
+            x.blocks,
+            x.working_fraction,
+            x.sector_efficiency,
+            x.bytes,
+            x.busiest_block_bytes,
+        )
+        for x in launches
+    ]
 
 
 def markdown(rows: Sequence[LaunchRow]) -> str:
     lines = [
-        f"| class | shape | kernel | grid | block | cluster | blocks / SM ({H200_SMS} SMs) | threads working | rules |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| class | shape | kernel | grid | block | cluster | blocks / SM ({H200_SMS} SMs) | threads working | "
+        "coalesced | busiest block / SM share | rules |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         working = "" if r.working is None else f"{r.working:.0%}"
+        coalesced = "" if r.coalesced is None else f"{r.coalesced:.0%}"
+        share = "" if r.busiest_block_share is None else f"{r.busiest_block_share:.2f}"
         problems = r.problems()
         if problems:
             rule = "FAILS: " + "; ".join(problems)
@@ -202,7 +250,7 @@ def markdown(rows: Sequence[LaunchRow]) -> str:
         block = "x".join(map(str, r.block))
         lines.append(
             f"| {r.shape_class.id} | {r.shape_class.shape} | `{r.kernel}` | {grid} | {block} | {r.cluster} | "
-            f"{r.blocks_per_sm:.2f} | {working} | {rule} |"
+            f"{r.blocks_per_sm:.2f} | {working} | {coalesced} | {share} | {rule} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -217,7 +265,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = (
         f"Launches per shape class on the SIMT backend ({simt.flavour()} build), planned for an H200 "
         f"({H200_SMS} SMs). Threads working: the fraction of a launch's threads that wrote global "
-        "memory or read bytes that at most one other thread read (checked build only).\n\n"
+        "memory or read bytes that at most one other thread read; coalesced: the sectors the warps' "
+        "requests need over those they touch; busiest block: its bytes over an SM's even share "
+        "(checked build only).\n\n"
     )
     text = header + markdown(rows)
     if args.out:
