@@ -253,7 +253,10 @@ void test_group_norm_plans() {
   CHECK_EQ(few.group_len, 32 * 64 * 64);
   CHECK_EQ(few.chunks, 64);
   CHECK(few.chunk_len >= kGnMinChunkElements);
-  CHECK_EQ(few.channel_blocks, 32);
+  // Its dweight / dbias: 32 channels, each cut into row splits of at least kGnMinSplitRows rows.
+  CHECK_EQ(few.channel_items, 32);
+  CHECK_EQ(few.channel_splits, 64 * 64 / kGnMinSplitRows);
+  CHECK_EQ(few.channel_blocks, 32 * few.channel_splits);
   // Many groups: one chunk each.
   const GroupNormPlan many = plan_group_norm(64, 512, 32 * 32, 32, false, false, d);
   CHECK_EQ(many.chunks, 1);
@@ -271,8 +274,34 @@ void test_group_norm_plans() {
     CHECK(2 * std::min(len, p.segment) > p.segment);  // more than half the segment has a value
   }
   CHECK_EQ(many.channel_blocks, 0);
-  // Channels-last parameter gradients: 32 channels per block.
-  CHECK_EQ(plan_group_norm(2, 65, 100, 5, true, true, d).channel_blocks, 3);
+  // Channels-last parameter gradients: 32 channels per block, one split for 200 rows.
+  CHECK_EQ(plan_group_norm(2, 65, 100, 1, true, true, d).channel_blocks, 3);
+  // Few channels over many rows: the splits fill the GPU, so that no channel's block is a tail.
+  const GroupNormPlan narrow = plan_group_norm(16, 16, 64 * 64, 4, false, true, d);
+  CHECK(narrow.channel_blocks >= d.sm_count);
+  CHECK(narrow.split_rows >= kGnMinSplitRows);
+  CHECK(narrow.channel_splits * narrow.split_rows >= 16 * 64 * 64);
+  CHECK((narrow.channel_splits - 1) * narrow.split_rows < 16 * 64 * 64);
+  CHECK_EQ(narrow.fold_grid, 1);
+  CHECK(!narrow.tiled);
+  // Channels-last groups narrower than a warp are tiled: InstanceNorm on 64 channels takes two tiles
+  // of 32 per sample, chunks of rows, a partial per (sample, channel, chunk), and its dweight / dbias
+  // come from those partials (no channel blocks).
+  const GroupNormPlan inst = plan_group_norm(16, 64, 16 * 16, 64, true, true, d);
+  CHECK(inst.tiled);
+  CHECK_EQ(inst.tile_width, kGnChannelTile);
+  CHECK_EQ(inst.tiles, 2);
+  CHECK_EQ(inst.chunks, 16 * 16 / (kGnMinTileChunkPasses * kGnRowsPerPass));
+  CHECK_EQ(inst.items, 16 * 2 * inst.chunks);
+  CHECK_EQ(inst.partials, 16 * 64 * inst.chunks);
+  CHECK_EQ(inst.channel_blocks, 0);
+  // Fewer channels than a warp: the tile is the power of two that holds them, so no lane idles.
+  const GroupNormPlan sixteen = plan_group_norm(16, 16, 64 * 64, 4, true, true, d);
+  CHECK(sixteen.tiled && sixteen.tile_width == 16 && sixteen.tiles == 1);
+  CHECK_EQ(plan_group_norm(2, 5, 100, 5, true, false, d).tile_width, 8);
+  // Groups as wide as a warp or wider keep the group walk, channels-last or not.
+  CHECK(!plan_group_norm(2, 64, 100, 2, true, false, d).tiled);
+  CHECK(!plan_group_norm(2, 64, 100, 64, false, false, d).tiled);
   // More (sample, group) pairs than a grid holds: the kernels stride, the grid is capped.
   const GroupNormPlan huge = plan_group_norm(int64_t{1} << 20, int64_t{1} << 12, 256, int64_t{1} << 12, false, true, d);
   CHECK_EQ(huge.segment, kGnThreads);
@@ -288,21 +317,40 @@ void test_power_and_weight_norm_plans() {
   CHECK_EQ(small.block_tokens, kPnMinTokensPerBlock);
   CHECK_EQ(small.token_blocks, 2);
   CHECK_EQ(small.reduce_grid[0], 3);
+  CHECK_EQ(small.width, kPnLanes);
+  // Fewer channels than a warp: warp rows of the power of two that holds them.
+  CHECK_EQ(plan_power_norm(100, 16, d).width, 16);
+  CHECK_EQ(plan_power_norm(100, 16, d).reduce_grid[0], 1);
+  CHECK_EQ(plan_power_norm(100, 5, d).width, 8);
+  CHECK_EQ(plan_power_norm(100, 1, d).width, 1);
+  CHECK_EQ(plan_power_norm(100, 40, d).reduce_grid[0], 2);
   const PowerNormPlan big = plan_power_norm(int64_t{1} << 30, 4096, d);
   CHECK(big.token_blocks <= kPnMaxTokenBlocks);
   CHECK(within_limits(big.reduce_grid));
   CHECK_EQ(big.forward_grid, d.sm_count * 8);
-  // Many slices: one block each. Few large slices (dim=None: one): chunks fill the GPU.
-  const WeightNormPlan rows = plan_weight_norm(4096, 4096, d);
+  // v as (outer, slices, inner). Many slices, long inside (dim=0 of a 4096 x 4096 weight): one block
+  // each. Few large slices (dim=None: one): chunks fill the GPU.
+  const WeightNormPlan rows = plan_weight_norm(1, 4096, 4096, d);
+  CHECK(!rows.columns);
   CHECK_EQ(rows.chunks, 1);
   CHECK_EQ(rows.grid, 4096);
-  const WeightNormPlan whole = plan_weight_norm(1, 4096 * 4096, d);
+  const WeightNormPlan whole = plan_weight_norm(1, 1, 4096 * 4096, d);
   CHECK_EQ(whole.chunks, std::min<int64_t>(4 * d.sm_count, kWnMaxChunks));
   CHECK(whole.chunks >= d.sm_count);
   CHECK(whole.chunks * whole.chunk_len >= 4096 * 4096 && whole.grid == whole.chunks);
-  CHECK_EQ(plan_weight_norm(1, 1000, d).chunks, 1);
-  CHECK(plan_weight_norm(1, int64_t{1} << 40, d).chunks <= kWnMaxChunks);
-  CHECK_EQ(plan_weight_norm(int64_t{3} << 30, 8, d).grid, d.max_grid[0]);
+  CHECK_EQ(plan_weight_norm(1, 1, 1000, d).chunks, 1);
+  CHECK(plan_weight_norm(1, 1, int64_t{1} << 40, d).chunks <= kWnMaxChunks);
+  CHECK_EQ(plan_weight_norm(1, int64_t{3} << 30, 64, d).grid, d.max_grid[0]);
+  // Slices short inside (dim the last of a 1M x 20 weight): the column view, a tile of 32 columns cut
+  // into row chunks of at least kWnMinChunkRows, a partial per (chunk, column).
+  const WeightNormPlan cols = plan_weight_norm(int64_t{1} << 20, 20, 1, d);
+  CHECK(cols.columns);
+  CHECK_EQ(cols.tiles, 1);
+  CHECK_EQ(cols.chunks, kWnMaxChunks);
+  CHECK(cols.chunk_len >= kWnMinChunkRows);
+  CHECK_EQ(cols.partials, kWnMaxChunks * 20);
+  CHECK_EQ(plan_weight_norm(8, 300, 3, d).tiles, (300 * 3 + kWnLanes - 1) / kWnLanes);
+  CHECK_EQ(plan_weight_norm(8, 300, 3, d).chunks, 1);
 }
 
 // ----- launch checks and occupancy -------------------------------------------------------------------
