@@ -4,12 +4,20 @@ which sees the threads' accesses) more than half the launched threads doing work
 warps' requests coalesced and no block a tail. The table: benchmarks/results/launch-shapes.md, from
 ``python -m norm_ext.bench.shape_classes``."""
 
+import functools
+
 import pytest
 from conftest import SIMT, needs_checked_simt
 
 from norm_ext.bench import shape_classes as sc
 
 CLASSES = [pytest.param(c, id=c.id) for c in sc.CLASSES]
+
+
+# One run per class serves both tests: on the checked build a class's launches take seconds.
+@functools.cache
+def _measure(shape_class):
+    return sc.measure(shape_class)
 
 
 def _problems(rows):
@@ -19,7 +27,7 @@ def _problems(rows):
 @pytest.mark.parametrize("device", [SIMT])
 @pytest.mark.parametrize("shape_class", CLASSES)
 def test_launches_fill_the_gpu(shape_class, device):
-    rows = sc.measure(shape_class)
+    rows = _measure(shape_class)
     assert rows, "the class launched no kernel"
     assert not _problems(rows), _problems(rows)
 
@@ -28,7 +36,7 @@ def test_launches_fill_the_gpu(shape_class, device):
 @pytest.mark.parametrize("device", [SIMT])
 @pytest.mark.parametrize("shape_class", CLASSES)
 def test_most_threads_work(shape_class, device):
-    rows = sc.measure(shape_class)
+    rows = _measure(shape_class)
     assert all(r.working is not None for r in rows), "the checked build counts the working threads"
     assert not _problems(rows), _problems(rows)
 

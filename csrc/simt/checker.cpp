@@ -443,7 +443,7 @@ NORM_EXT_SIMT_UNCHECKED void checked_access(std::uintptr_t addr, std::size_t siz
     check_shared(*t, *near, addr, size, write);
   } else {
     check_global(*t, addr, size, write);
-    note_request(*t, addr, size, write, pc);
+    if (tls_launch->logged) note_request(*t, addr, size, write, pc);
     if (g_traffic != nullptr && g_traffic->counting) count_traffic(addr, size, write);
   }
   tls_in_runtime = false;

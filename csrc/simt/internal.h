@@ -132,6 +132,9 @@ struct Launch {
   bool failed = false;
   std::string error;
   std::int64_t threads_run = 0;
+  // Whether the launch log records this launch: only then does the checked build gather `access`,
+  // which costs every global access a few hash-map updates.
+  bool logged = false;
   AccessStats access;
   std::int64_t max_static_smem = 0;
 };

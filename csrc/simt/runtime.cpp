@@ -498,6 +498,10 @@ void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body
   if (l.schedule == Schedule::kReverse) std::reverse(firsts.begin(), firsts.end());
   if (l.schedule == Schedule::kRandom) std::shuffle(firsts.begin(), firsts.end(), l.rng);
 
+  {
+    const std::lock_guard<std::mutex> lock(g_log_mutex);
+    l.logged = g_log_enabled;
+  }
   tls_launch = &l;
   checker_launch_begin(l);
   std::string error;
@@ -519,7 +523,7 @@ void run_launch(const void* kernel, const plans::LaunchShape& shape, void (*body
     free_cluster(c);
     if (l.failed) break;
   }
-  if (!l.failed) l.access = checker_access_stats(l);
+  if (!l.failed && l.logged) l.access = checker_access_stats(l);
   checker_launch_end();
   tls_launch = nullptr;
   TORCH_CHECK(!l.failed, l.error);
