@@ -87,10 +87,13 @@ TORCH_LIBRARY(norm_ext, m) {
       "Tensor? pad_mask=None) -> Tensor");
   // batch_norm_stats and batch_norm_elemt in one op, for a training forward that merges no statistics
   // across ranks: invstd = 1 / sqrt(m2 / count + eps). On CPU a channels-first channel is then
-  // normalized while it is still in cache, so x is read from memory once instead of twice.
+  // normalized while it is still in cache, so x is read from memory once instead of twice. The running
+  // statistics, when given, move towards the batch's by momentum (running = running + momentum *
+  // (batch - running), the variance unbiased), as torch.nn.functional.batch_norm updates them; an
+  // empty batch leaves them unchanged.
   m.def(
-      "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, float eps) -> (Tensor out, Tensor mean, "
-      "Tensor m2, Tensor invstd)");
+      "batch_norm_train(Tensor input, Tensor? weight, Tensor? bias, float eps, Tensor(a!)? running_mean=None, "
+      "Tensor(b!)? running_var=None, float momentum=0.1) -> (Tensor out, Tensor mean, Tensor m2, Tensor invstd)");
   // The backward of batch_norm_train, batch_norm_backward_reduce and batch_norm_backward_elemt in
   // one op (the means taken over this input's count): returns dx, sum(dy) and sum(dy * x_hat).
   m.def(

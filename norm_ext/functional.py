@@ -9,7 +9,9 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import distributed, ops  # importing ops registers the fake kernels and autograd
+from . import _C, distributed, ops  # importing ops registers the fake kernels
+
+_compiling = torch.compiler.is_compiling
 
 _ops = torch.ops.norm_ext
 
@@ -73,6 +75,12 @@ def layer_norm(
             normalized input from it (saves one activation; a weight element of exactly 0 then gives
             a non-finite gradient, as in Apex).
     """
+    # The eager call (csrc/python_module.cpp); NotImplemented sends an unusual call down the general
+    # path, which Dynamo also traces.
+    if not _compiling():
+        out = _C.layer_norm(input, normalized_shape, weight, bias, eps, zero_centered_weight, memory_efficient)
+        if out is not NotImplemented:
+            return out
     _check_tensor("input", input)
     out, _, _ = _ops.layer_norm(
         input, _as_shape(normalized_shape), weight, bias, float(eps), zero_centered_weight, memory_efficient
@@ -94,6 +102,10 @@ def rms_norm(
 
     ``eps=None`` uses ``torch.finfo(input.dtype).eps``, as torch does. Extras as in :func:`layer_norm`.
     """
+    if not _compiling():
+        out = _C.rms_norm(input, normalized_shape, weight, eps, zero_centered_weight, memory_efficient)
+        if out is not NotImplemented:
+            return out
     _check_tensor("input", input)
     out, _ = _ops.rms_norm(
         input, _as_shape(normalized_shape), weight, _rms_eps(input, eps), zero_centered_weight, memory_efficient
@@ -120,6 +132,20 @@ def add_layer_norm(
     ``residual_dtype=torch.float32`` keeps the residual stream in fp32 while ``input`` is bf16. The
     norm is computed from ``h`` as stored.
     """
+    if not _compiling():
+        pair = _C.add_layer_norm(
+            input,
+            residual,
+            normalized_shape,
+            weight,
+            bias,
+            eps,
+            residual_dtype,
+            zero_centered_weight,
+            memory_efficient,
+        )
+        if pair is not NotImplemented:
+            return pair
     _check_tensor("input", input)
     _check_tensor("residual", residual)
     out, h, _, _ = _ops.add_layer_norm(
@@ -148,6 +174,12 @@ def add_rms_norm(
     memory_efficient: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """``h = input + residual``; returns ``(rms_norm(h), h)`` from one kernel. See :func:`add_layer_norm`."""
+    if not _compiling():
+        pair = _C.add_rms_norm(
+            input, residual, normalized_shape, weight, eps, residual_dtype, zero_centered_weight, memory_efficient
+        )
+        if pair is not NotImplemented:
+            return pair
     _check_tensor("input", input)
     _check_tensor("residual", residual)
     out, h, _ = _ops.add_rms_norm(
@@ -171,6 +203,10 @@ def weight_norm(v: Tensor, g: Tensor, dim: int | None = 0) -> Tensor:
 
     This is the tensor function; :func:`norm_ext.weight_norm` applies it to a module's parameter.
     """
+    if not _compiling():
+        w = _C.weight_norm(v, g, dim)
+        if w is not NotImplemented:
+            return w
     _check_tensor("v", v)
     _check_tensor("g", g)
     if dim is not None:
@@ -205,6 +241,10 @@ def group_norm(
         activation: ``"silu"`` applies ``y * sigmoid(y)`` to the normalized output in the same
             kernel (the GroupNorm + SiLU pair of diffusion U-Nets); ``None`` (default) applies none.
     """
+    if activation is None and not _compiling():
+        out = _C.group_norm(input, num_groups, weight, bias, eps)
+        if out is not NotImplemented:
+            return out
     _check_tensor("input", input)
     if activation not in _GROUP_NORM_ACTIVATIONS:
         raise ValueError(f"group_norm: activation must be None or 'silu', got {activation!r}")
@@ -240,6 +280,10 @@ def instance_norm(
     updated in place with the batch-averaged instance mean and unbiased variance. Otherwise the
     running statistics normalize the input.
     """
+    if use_input_stats and running_mean is None and running_var is None and not _compiling():
+        out = _C.instance_norm(input, weight, bias, momentum, eps)
+        if out is not NotImplemented:
+            return out
     _check_tensor("input", input)
     if input.dim() < 3:
         raise ValueError(f"instance_norm: input must have shape (N, C, *spatial), got {tuple(input.shape)}")
@@ -295,7 +339,8 @@ def _check_batch_norm_args(
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (channels,):
             raise ValueError(
-                f"batch_norm: {name} should have shape ({channels},), one value per input channel, got {tuple(t.shape)}"
+                f"batch_norm: {name} must have shape [{channels}] (one value per channel of the input), "
+                f"got {list(t.shape)}"
             )
 
 
@@ -352,32 +397,6 @@ class _BatchNormTrain(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None, None
 
 
-class _BatchNormEval(torch.autograd.Function):
-    """Normalization by fixed statistics (running stats): no reduction in the forward, and
-    dx = weight * invstd * dy."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, pad_mask, mean, var, eps: float):
-        acc = ops._acc_dtype(input.dtype)
-        mean = mean.to(acc)
-        invstd = torch.rsqrt(var.to(acc) + eps)
-        ctx.save_for_backward(input, weight, bias, pad_mask, mean, invstd)
-        return _ops.batch_norm_elemt(input, mean, invstd, weight, bias, pad_mask)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        input, weight, bias, pad_mask, mean, invstd = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_weight = grad_bias = grad_input = None
-        if needs_weight or needs_bias:
-            sum_dy, sum_dy_xhat = _ops.batch_norm_backward_reduce(grad_out, input, mean, invstd, pad_mask)
-            grad_weight = _param_grad(sum_dy_xhat, weight, needs_weight)
-            grad_bias = _param_grad(sum_dy, bias, needs_bias)
-        if needs_input:
-            grad_input = _ops.batch_norm_backward_elemt(grad_out, input, mean, invstd, weight, None, None, pad_mask)
-        return grad_input, grad_weight, grad_bias, None, None, None, None
-
-
 def _update_running_stats(
     running_mean: Optional[Tensor],
     running_var: Optional[Tensor],
@@ -397,18 +416,6 @@ def _update_running_stats(
                 buffer.copy_(torch.where(has_data, updated, buffer))
 
 
-def _update_running_stats_local(
-    running_mean: Optional[Tensor], running_var: Optional[Tensor], mean: Tensor, m2: Tensor, count: int, momentum: float
-) -> None:
-    if count == 0:
-        return
-    with torch.no_grad():
-        if running_mean is not None:
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-        if running_var is not None:
-            running_var.lerp_((m2 / max(count - 1, 1)).to(running_var.dtype), momentum)
-
-
 def _batch_norm(
     input: Tensor,
     running_mean: Optional[Tensor],
@@ -425,26 +432,32 @@ def _batch_norm(
     """The batch norm behind the public function and every module. ``group_name`` merges the batch
     statistics across that process group (see norm_ext.distributed); ``pad_mask`` ((N,) bool for
     (N, C) input, True = padding) leaves rows out of the statistics and zeroes their output."""
+    if group_name is None and pad_mask is None and not _compiling():
+        out = _C.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        if out is not NotImplemented:
+            return out
     _check_batch_norm_args(input, running_mean, running_var, weight, bias)
     if eps < 0:
-        raise ValueError(f"batch_norm: eps must be non-negative, got {eps}")
+        raise ValueError(f"batch_norm: eps must be a finite non-negative number, got {eps}")
     _check_momentum("batch_norm", momentum)
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var are required when training=False")
-        return _BatchNormEval.apply(input, weight, bias, pad_mask, running_mean, running_var, float(eps))
+        acc = ops._acc_dtype(input.dtype)
+        invstd = torch.rsqrt(running_var.to(acc) + eps)
+        return _ops.batch_norm_elemt(input, running_mean.to(acc), invstd, weight, bias, pad_mask)
     if group_name is None and pad_mask is None:
         # Nothing to merge between the statistics and the normalization: one op (autograd in C++),
         # which on CPU reads a channels-first x once instead of twice (and likewise dy and x in the
-        # backward).
+        # backward), and updates the running statistics.
         _verify_batch_size(input)
-        out, mean, m2, _ = _ops.batch_norm_train.default(input, weight, bias, float(eps))
-        count = input.numel() // max(input.shape[1], 1)
         if not isinstance(momentum, Tensor):
-            # The count is known here without reading the device: two in-place updates, not a dozen ops.
-            _update_running_stats_local(running_mean, running_var, mean, m2, count, momentum)
+            out, _, _, _ = _ops.batch_norm_train.default(
+                input, weight, bias, float(eps), running_mean, running_var, float(momentum)
+            )
             return out
-        count = input.new_full((), count, dtype=torch.float64)
+        out, mean, m2, _ = _ops.batch_norm_train.default(input, weight, bias, float(eps))
+        count = input.new_full((), input.numel() // max(input.shape[1], 1), dtype=torch.float64)
     else:
         out, mean, m2, count = _BatchNormTrain.apply(input, weight, bias, pad_mask, float(eps), group_name)
     _update_running_stats(running_mean, running_var, mean, m2, count, momentum)

@@ -180,10 +180,10 @@ def _group_norm_backward_fake(grad_out, input, num_groups, mean, rstd, weight, b
 
 # ---------------------------------------------------------------------------------------------------
 # Batch norm family: the ops that BatchNorm, SyncBatchNorm and MaskedBatchNorm1d are built from.
-# batch_norm_train has its autograd in C++; the padded and synced forms compose the other ops in
-# torch.autograd.Functions (norm_ext/functional.py), because the statistics in the middle may be
-# merged across ranks (norm_ext.distributed) between the ops of one forward, and likewise the
-# backward's sums.
+# batch_norm_train and batch_norm_elemt have their autograd in C++; the padded and synced training
+# forms compose the ops in a torch.autograd.Function (norm_ext/functional.py), because the statistics
+# in the middle may be merged across ranks (norm_ext.distributed) between the ops of one forward, and
+# likewise the backward's sums.
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -205,7 +205,7 @@ def _batch_norm_stats_fake(input, pad_mask=None):
 
 
 @torch.library.register_fake("norm_ext::batch_norm_train")
-def _batch_norm_train_fake(input, weight, bias, eps):
+def _batch_norm_train_fake(input, weight, bias, eps, running_mean=None, running_var=None, momentum=0.1):
     stats = _channel_vector_like(input)
     return _bn_output_like(input), stats, torch.empty_like(stats), torch.empty_like(stats)
 

@@ -451,6 +451,9 @@ def _build_batch_norm_train(dtype, pdtype, case):
         "weight": randn(c, dtype=pdtype),
         "bias": randn(c, dtype=pdtype),
         "eps": 1e-5,
+        "running_mean": randn(c, dtype=pdtype),
+        "running_var": positive(c, dtype=pdtype),
+        "momentum": 0.3,
     }
 
 
@@ -460,6 +463,13 @@ def _batch_norm_train_reference(a):
     out = ref.batch_norm(x, None, None, a["weight"], a["bias"], True, 0.1, a["eps"])[0]
     invstd = torch.rsqrt(m2 / count + a["eps"]) if count else None
     return out, mean, m2, invstd
+
+
+def _batch_norm_train_mutated(a):
+    _, running_mean, running_var = ref.batch_norm(
+        a["input"], a["running_mean"], a["running_var"], None, None, True, a["momentum"], a["eps"]
+    )
+    return {"running_mean": running_mean, "running_var": running_var}
 
 
 def _build_batch_norm_train_backward(dtype, pdtype, case):
@@ -611,7 +621,10 @@ SPECS: Dict[str, OpSpec] = {
 }
 
 # What an op writes to, beyond its outputs: name -> float64 expected value after the call.
-MUTATED_REFERENCE = {"power_norm_backward": _power_norm_backward_mutated}
+MUTATED_REFERENCE = {
+    "power_norm_backward": _power_norm_backward_mutated,
+    "batch_norm_train": _batch_norm_train_mutated,
+}
 
 
 def schema_ops() -> List[str]:

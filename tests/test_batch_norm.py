@@ -262,15 +262,15 @@ def test_no_host_sync_on_the_hot_path(monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_input(device):
     x = torch.randn(4, 3, 5, device=device)
-    with pytest.raises(ValueError, match="weight should have shape"):
+    with pytest.raises(ValueError, match=r"weight must have shape \[3\]"):
         norm_ext.batch_norm(x, None, None, torch.ones(4, device=device), training=True)
-    with pytest.raises(ValueError, match="running_mean should have shape"):
+    with pytest.raises(ValueError, match=r"running_mean must have shape \[3\]"):
         norm_ext.batch_norm(x, torch.zeros(2, device=device), torch.ones(3, device=device))
     with pytest.raises(ValueError, match="running_mean and running_var are required"):
         norm_ext.batch_norm(x, None, None, training=False)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         norm_ext.batch_norm(torch.randn(1, 3, device=device), None, None, training=True)
-    with pytest.raises(ValueError, match="eps must be non-negative"):
+    with pytest.raises(ValueError, match="eps must be a finite non-negative number"):
         norm_ext.batch_norm(x, None, None, training=True, eps=-1.0)
     with pytest.raises(TypeError, match="input must be float32"):
         norm_ext.batch_norm(x.long(), None, None, training=True)
@@ -312,10 +312,13 @@ def test_opcheck(device, fmt):
         (ops.batch_norm_stats.default, (rows, mask)),
         (ops.batch_norm_train.default, (x, w, b, 1e-5)),
         (ops.batch_norm_train.default, (rows, None, None, 0.0)),
+        (ops.batch_norm_train.default, (x, w, b, 1e-5, torch.randn(4, device=device), invstd.clone(), 0.3)),
+        (ops.batch_norm_train.default, (rows, w.clone().requires_grad_(), b, 1e-5, None, invstd.clone(), 1.0)),
         (ops.batch_norm_train_backward.default, (torch.randn_like(x), x, mean, invstd, w)),
         (ops.batch_norm_train_backward.default, (torch.randn_like(rows), rows, mean, invstd, None)),
         (ops.batch_norm_elemt.default, (x, mean, invstd, w, b)),
         (ops.batch_norm_elemt.default, (rows, mean, invstd, None, None, mask)),
+        (ops.batch_norm_elemt.default, (x.clone().requires_grad_(), mean, invstd, w.clone().requires_grad_(), b)),
         (ops.batch_norm_backward_reduce.default, (torch.randn_like(x), x, mean, invstd)),
         (ops.batch_norm_backward_elemt.default, (torch.randn_like(x), x, mean, invstd, w, mean, invstd)),
         (ops.batch_norm_backward_elemt.default, (torch.randn_like(rows), rows, mean, invstd, None, None, None, mask)),

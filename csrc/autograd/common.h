@@ -10,6 +10,8 @@
 
 #include <optional>
 
+#include "common/dtype.h"
+
 namespace norm_ext::autograd {
 
 using at::Tensor;
@@ -22,6 +24,17 @@ using torch::autograd::variable_list;
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// Calls a backward op from a backward formula. The engine runs a backward with grad mode off unless
+// create_graph=True: then the call goes through the op's Autograd kernel, whose not-implemented
+// fallback refuses a double backward (csrc/autograd/backward_ops.cpp); otherwise straight below
+// autograd, which skips that fallback's boxed walk over the arguments on every backward.
+template <typename Sig, typename... Args>
+auto call_backward(const c10::TypedOperatorHandle<Sig>& op, const Args&... args) {
+  if (at::GradMode::is_enabled()) return op.call(args...);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(args...);
 }
 
 inline bool requires_grad(const Tensor& t) {

@@ -40,8 +40,8 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     std::optional<std::string> activation;
     if (ctx->saved_data.count("activation") != 0) activation = ctx->saved_data["activation"].toStringRef();
     auto [grad_input, grad_weight, grad_bias] =
-        op.call(grads[0], input, ctx->saved_data["num_groups"].toInt(), saved[1], saved[2], weight, bias,
-                activation.has_value() ? std::optional<c10::string_view>(*activation) : std::nullopt);
+        call_backward(op, grads[0], input, ctx->saved_data["num_groups"].toInt(), saved[1], saved[2], weight, bias,
+                      activation.has_value() ? std::optional<c10::string_view>(*activation) : std::nullopt);
     return {grad_input, Tensor(), weight.has_value() ? grad_weight : Tensor(), bias.has_value() ? grad_bias : Tensor(),
             Tensor(),   Tensor()};
   }

@@ -101,18 +101,18 @@ class RowNormFunction : public torch::autograd::Function<RowNormFunction> {
           op_handle<Tensors2(const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&, const OptTensor&, bool,
                              bool, const OptTensor&)>("norm_ext::rms_norm_backward");
       std::tie(grad_h, grad_weight) =
-          op.call(grad_out, saved, shape, rstd, weight, zero_centered, memory_efficient, grad_residual);
+          call_backward(op, grad_out, saved, shape, rstd, weight, zero_centered, memory_efficient, grad_residual);
     } else {
       static const auto op =
           op_handle<Tensors3(const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&, const Tensor&,
                              const OptTensor&, const OptTensor&, bool, bool, const OptTensor&)>(
               "norm_ext::layer_norm_backward");
-      std::tie(grad_h, grad_weight, grad_bias) =
-          op.call(grad_out, saved, shape, mean, rstd, weight, bias, zero_centered, memory_efficient, grad_residual);
+      std::tie(grad_h, grad_weight, grad_bias) = call_backward(op, grad_out, saved, shape, mean, rstd, weight, bias,
+                                                               zero_centered, memory_efficient, grad_residual);
     }
-    if (grad_stream.defined() && !fuse_grad_stream) grad_h = grad_h.to(grad_stream.scalar_type()) + grad_stream;
-    const Tensor grad_input = grad_h.to(input_dtype);
-    const Tensor grad_res = fused ? grad_h.to(ctx->saved_data["residual_dtype"].toScalarType()) : Tensor();
+    if (grad_stream.defined() && !fuse_grad_stream) grad_h = as_dtype(grad_h, grad_stream.scalar_type()) + grad_stream;
+    const Tensor grad_input = as_dtype(grad_h, input_dtype);
+    const Tensor grad_res = fused ? as_dtype(grad_h, ctx->saved_data["residual_dtype"].toScalarType()) : Tensor();
     return {grad_input,
             grad_res,
             Tensor(),

@@ -33,7 +33,7 @@ class WeightNormFunction : public torch::autograd::Function<WeightNormFunction> 
     const variable_list saved = ctx->get_saved_variables();
     const std::optional<int64_t> dim =
         ctx->saved_data.count("dim") != 0 ? std::optional<int64_t>(ctx->saved_data["dim"].toInt()) : std::nullopt;
-    auto [grad_v, grad_g] = op.call(grads[0], saved[0], saved[1], saved[2], dim);
+    auto [grad_v, grad_g] = call_backward(op, grads[0], saved[0], saved[1], saved[2], dim);
     return {grad_v, grad_g, Tensor()};
   }
 };

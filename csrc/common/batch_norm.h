@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "checks.h"
+#include "dtype.h"
 
 namespace norm_ext {
 
@@ -36,8 +37,23 @@ struct ChannelView {
   int64_t inner;  // channels-first: prod(spatial); channels-last: 1
 };
 
+// t.movedim(1, -1).is_contiguous(), read from the strides: the view costs a few microseconds, and
+// the ops ask on every call.
 inline bool is_channels_last_dense(const at::Tensor& t) {
-  return t.movedim(1, -1).is_contiguous();
+  if (t.numel() == 0) return true;
+  int64_t expected = 1;
+  const auto dense = [&](int64_t d) {
+    const int64_t size = t.size(d);
+    if (size == 1) return true;
+    if (t.stride(d) != expected) return false;
+    expected *= size;
+    return true;
+  };
+  if (!dense(1)) return false;
+  for (int64_t d = t.dim() - 1; d >= 2; --d) {
+    if (!dense(d)) return false;
+  }
+  return dense(0);
 }
 
 // (N, C) input is always read as rows (the pad mask indexes rows); higher-rank input keeps a
@@ -120,6 +136,36 @@ inline void check_bn_train_inputs(const char* op, const at::Tensor& input, const
   check_eps(op, eps);
 }
 
+// batch_norm_train's running statistics: per-channel float vectors on the input's device that it
+// writes, so no two of their elements may share memory.
+inline void check_running_stat(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                               const at::Tensor& input) {
+  if (!bn_defined(t)) return;
+  check_channel_vector(op, name, *t, input);
+  check_writable(op, name, *t);
+}
+
+inline void check_momentum(const char* op, double momentum) {
+  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum <= 1.0, op, ": momentum must be in [0, 1], got ", momentum);
+}
+
+// running += momentum * (batch - running), the variance unbiased, as torch updates them; a batch of
+// no values leaves them unchanged.
+inline void update_running_stats(const std::optional<at::Tensor>& running_mean,
+                                 const std::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                                 const at::Tensor& m2, int64_t count, double momentum) {
+  if (count == 0) return;
+  if (bn_defined(running_mean)) running_mean->lerp_(as_dtype(mean, running_mean->scalar_type()), momentum);
+  if (bn_defined(running_var)) {
+    // (1 - momentum) * running + momentum / (count - 1) * m2 in two in-place adds (dividing m2 first
+    // would allocate the quotient, a scalar multiply wraps its factor in a tensor). The sum is taken
+    // in m2's precision before it is rounded to the buffer's: an fp16 buffer cannot hold m2 of a
+    // large batch.
+    const double unbias = 1.0 / static_cast<double>(std::max<int64_t>(count - 1, 1));
+    running_var->add_(*running_var, -momentum).add_(m2, momentum * unbias);
+  }
+}
+
 // What every backward op checks: the input, a grad_out of its shape and dtype, and the forward's
 // per-channel mean and invstd.
 inline void check_bn_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& input,
@@ -138,14 +184,14 @@ struct ChannelAffine {
 };
 
 inline at::Tensor as_acc_vector(const at::Tensor& t, at::ScalarType acc) {
-  return t.to(acc).contiguous();
+  return as_dtype(t, acc).contiguous();
 }
 
 inline ChannelAffine forward_affine(const at::Tensor& mean, const at::Tensor& invstd,
                                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                                     at::ScalarType acc) {
   at::Tensor scale = as_acc_vector(invstd, acc);
-  if (bn_defined(weight)) scale = scale * weight->to(acc);
+  if (bn_defined(weight)) scale = scale * as_dtype(*weight, acc);
   const at::Tensor shift = bn_defined(bias) ? as_acc_vector(*bias, acc) : at::zeros_like(scale);
   return {as_acc_vector(mean, acc), scale.contiguous(), shift, at::Tensor()};
 }
@@ -155,9 +201,9 @@ inline ChannelAffine backward_affine(const at::Tensor& mean, const at::Tensor& i
                                      const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mean_dy,
                                      const std::optional<at::Tensor>& mean_dy_xhat, at::ScalarType acc) {
   const at::Tensor inv = as_acc_vector(invstd, acc);
-  at::Tensor a = bn_defined(weight) ? inv * weight->to(acc) : inv.clone();
-  at::Tensor scale = bn_defined(mean_dy_xhat) ? -(a * inv * mean_dy_xhat->to(acc)) : at::zeros_like(a);
-  at::Tensor shift = bn_defined(mean_dy) ? -(a * mean_dy->to(acc)) : at::zeros_like(a);
+  at::Tensor a = bn_defined(weight) ? inv * as_dtype(*weight, acc) : inv.clone();
+  at::Tensor scale = bn_defined(mean_dy_xhat) ? -(a * inv * as_dtype(*mean_dy_xhat, acc)) : at::zeros_like(a);
+  at::Tensor shift = bn_defined(mean_dy) ? -(a * as_dtype(*mean_dy, acc)) : at::zeros_like(a);
   return {as_acc_vector(mean, acc), scale.contiguous(), shift.contiguous(), a.contiguous()};
 }
 
@@ -176,7 +222,7 @@ inline at::Tensor bn_channel_shift(const at::Tensor& input, const at::Tensor& pa
   }
   at::Tensor sample = input.select(0, 0);
   while (sample.dim() > 1) sample = sample.select(1, 0);
-  return sample.to(acc).contiguous();
+  return as_acc_vector(sample, acc);
 }
 
 // The number of statistics-bearing elements per channel, as an int64 scalar tensor. With a mask it

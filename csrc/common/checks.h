@@ -2,6 +2,7 @@
 // Input validation shared by the CPU and CUDA wrappers. Every failure names the op and the offending
 // argument; TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError / TypeError.
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -12,6 +13,13 @@ namespace norm_ext {
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// An argument the op writes to: no two of its elements may share memory.
+inline void check_writable(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, ": ", name,
+                    " is written to, so its elements may not share memory (an expanded tensor), got strides ",
+                    t.strides());
 }
 
 inline void check_eps(const char* op, double eps) {

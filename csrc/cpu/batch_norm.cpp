@@ -49,9 +49,8 @@ struct CpuBatchNorm {
 
   static void train(const BnTrainCall& c) {
     cpu::batch_norm_train({c.input.scalar_type(), kernel_shape(c.input, c.channels_last), c.input.const_data_ptr(),
-                           c.shift.const_data_ptr(), cpu::data_or_null(c.weight), cpu::data_or_null(c.bias), c.eps,
-                           c.out.mutable_data_ptr(), c.mean.mutable_data_ptr(), c.m2.mutable_data_ptr(),
-                           c.invstd.mutable_data_ptr()});
+                           cpu::data_or_null(c.weight), cpu::data_or_null(c.bias), c.eps, c.out.mutable_data_ptr(),
+                           c.mean.mutable_data_ptr(), c.m2.mutable_data_ptr(), c.invstd.mutable_data_ptr()});
   }
 
   static void train_backward(const BnTrainBackwardCall& c) {

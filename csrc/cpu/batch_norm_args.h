@@ -60,7 +60,6 @@ struct BatchNormTrainArgs {
   at::ScalarType dtype;
   BatchNormShape shape;
   const void* x;
-  const void* shift;
   const void* weight;  // null: 1
   const void* bias;    // null: 0
   double eps;

@@ -537,10 +537,15 @@ void train_channels_first_in_cache(const in_t* x, in_t* out, const BatchNormShap
 }
 
 template <typename in_t>
-void train_forward(const in_t* x, in_t* out, const BatchNormShape& v, const at::opmath_type<in_t>* shift,
-                   const at::opmath_type<in_t>* weight, const at::opmath_type<in_t>* bias, double eps,
-                   at::opmath_type<in_t>* mean, at::opmath_type<in_t>* m2, at::opmath_type<in_t>* invstd) {
+void train_forward(const in_t* x, in_t* out, const BatchNormShape& v, const at::opmath_type<in_t>* weight,
+                   const at::opmath_type<in_t>* bias, double eps, at::opmath_type<in_t>* mean,
+                   at::opmath_type<in_t>* m2, at::opmath_type<in_t>* invstd) {
   using acc_t = at::opmath_type<in_t>;
+  // The shift of the statistics (bn_channel_shift): each channel's value in the first sample, read
+  // here rather than gathered into a tensor by the caller, a handful of ops at small sizes.
+  std::vector<acc_t> first(v.channels);
+  for (int64_t c = 0; c < v.channels; ++c) first[c] = static_cast<acc_t>(x[v.channels_last ? c : c * v.inner]);
+  const acc_t* shift = first.data();
   if (train_channel_fits_in_cache<in_t>(v, 1)) {
     train_channels_first_in_cache<in_t>(x, out, v, shift, weight, bias, eps, mean, m2, invstd);
     return;
@@ -672,9 +677,8 @@ void batch_norm_train(const BatchNormTrainArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "norm_ext_batch_norm_train_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     train_forward<scalar_t>(static_cast<const scalar_t*>(a.x), static_cast<scalar_t*>(a.out), a.shape,
-                            static_cast<const acc_t*>(a.shift), static_cast<const acc_t*>(a.weight),
-                            static_cast<const acc_t*>(a.bias), a.eps, static_cast<acc_t*>(a.mean),
-                            static_cast<acc_t*>(a.m2), static_cast<acc_t*>(a.invstd));
+                            static_cast<const acc_t*>(a.weight), static_cast<const acc_t*>(a.bias), a.eps,
+                            static_cast<acc_t*>(a.mean), static_cast<acc_t*>(a.m2), static_cast<acc_t*>(a.invstd));
   });
 }
 

@@ -57,9 +57,9 @@ struct BnReduceCall {
   bool channels_last;
 };
 
+// The backend takes the statistics' shift (bn_channel_shift) from the input itself.
 struct BnTrainCall {
   const at::Tensor& input;
-  const at::Tensor& shift;
   const at::Tensor& weight;  // undefined: 1
   const at::Tensor& bias;    // undefined: 0
   double eps;
@@ -150,7 +150,7 @@ struct BatchNormOps {
     if (input.numel() > 0) {
       Backend::backward_reduce({grad_out, input, mask_or_undefined(pad_mask), mean, sum_dy, sum_dy_xmu, cl});
     }
-    return {sum_dy, sum_dy_xmu * invstd.to(acc)};
+    return {sum_dy, sum_dy_xmu * as_dtype(invstd, acc)};
   }
 
   static at::Tensor backward_elemt(const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& mean,
@@ -174,15 +174,29 @@ struct BatchNormOps {
     return run_affine(input, grad_out, mask_or_undefined(pad_mask), cl, coefs);
   }
 
-  // A training forward that merges no statistics across ranks: invstd = 1 / sqrt(m2 / count + eps).
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train(const at::Tensor& input_,
-                                                                          const std::optional<at::Tensor>& weight,
-                                                                          const std::optional<at::Tensor>& bias,
-                                                                          double eps) {
+  // A training forward that merges no statistics across ranks: invstd = 1 / sqrt(m2 / count + eps),
+  // and the running statistics, when given, updated from this batch's.
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train(
+      const at::Tensor& input_, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+      double eps, const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+      double momentum) {
     constexpr const char* op = "batch_norm_train";
     check_bn_train_inputs(op, input_, weight, bias, eps);
+    check_running_stat(op, "running_mean", running_mean, input_);
+    check_running_stat(op, "running_var", running_var, input_);
+    check_momentum(op, momentum);
     check_device_type(op, input_, Backend::kDevice);
     const typename Backend::Guard guard(input_.device());
+    auto result = train_batch(input_, weight, bias, eps);
+    const int64_t count = input_.numel() / std::max<int64_t>(input_.size(1), 1);
+    update_running_stats(running_mean, running_var, std::get<1>(result), std::get<2>(result), count, momentum);
+    return result;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_batch(const at::Tensor& input_,
+                                                                                const std::optional<at::Tensor>& weight,
+                                                                                const std::optional<at::Tensor>& bias,
+                                                                                double eps) {
     if constexpr (!Backend::kFusedTrain) {
       const auto [count, mean, m2] = stats(input_, std::nullopt);
       const at::Tensor invstd = (m2 / count.clamp_min(1) + eps).rsqrt();
@@ -193,14 +207,16 @@ struct BatchNormOps {
       const at::ScalarType acc = bn_acc_dtype(input.scalar_type());
       const auto acc_opts = input.options().dtype(acc);
       at::Tensor out = at::empty_like(input);
-      at::Tensor mean = at::zeros({input.size(1)}, acc_opts);
-      at::Tensor m2 = at::zeros({input.size(1)}, acc_opts);
-      if (input.numel() == 0) return {out, mean, m2, (m2 + eps).rsqrt()};
+      if (input.numel() == 0) {
+        const at::Tensor zeros = at::zeros({input.size(1)}, acc_opts);
+        return {out, zeros, zeros.clone(), (zeros + eps).rsqrt()};
+      }
+      at::Tensor mean = at::empty({input.size(1)}, acc_opts);
+      at::Tensor m2 = at::empty({input.size(1)}, acc_opts);
       at::Tensor invstd = at::empty({input.size(1)}, acc_opts);
-      const at::Tensor shift = bn_channel_shift(input, at::Tensor(), acc);
       const at::Tensor w = bn_defined(weight) ? as_acc_vector(*weight, acc) : at::Tensor();
       const at::Tensor b = bn_defined(bias) ? as_acc_vector(*bias, acc) : at::Tensor();
-      Backend::train({input, shift, w, b, eps, out, mean, m2, invstd, cl});
+      Backend::train({input, w, b, eps, out, mean, m2, invstd, cl});
       return {out, mean, m2, invstd};
     }
   }

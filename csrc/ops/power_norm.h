@@ -7,7 +7,6 @@
 //   static void backward(const PowerNormBwdCall&);     // the paper's approximate backward
 
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -108,9 +107,7 @@ struct PowerNormOps {
     TORCH_CHECK_TYPE(grad_out_.scalar_type() == input_.scalar_type(), op, ": grad_out dtype ", grad_out_.scalar_type(),
                      " differs from input dtype ", input_.scalar_type());
     check_power_norm_params(op, input_, scale, weight, std::nullopt, ema_gz);
-    TORCH_CHECK_VALUE(at::has_internal_overlap(ema_gz) != at::MemOverlap::Yes, op,
-                      ": ema_gz is written to, so its elements may not share memory (an expanded tensor), got strides ",
-                      ema_gz.strides());
+    check_writable(op, "ema_gz", ema_gz);
     check_device_type(op, input_, Backend::kDevice);
     const typename Backend::Guard guard(input_.device());
     const at::Tensor input = input_.contiguous();

@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overhead",
         action="store_true",
         help="instead of the kernel comparison: host time per call at tiny shapes (LayerNorm 1x768 and "
-        "8x768, RMSNorm, BatchNorm2d, GroupNorm), no_grad, with grad and forward+backward, torch and "
-        "norm_ext side by side in this process; writes overhead.md and overhead.csv to --out",
+        "8x768, RMSNorm, BatchNorm2d in training and eval, GroupNorm, InstanceNorm2d), no_grad, with grad "
+        "and forward+backward, torch and norm_ext side by side in this process; writes overhead.md and "
+        "overhead.csv to --out",
     )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument(

@@ -1,10 +1,11 @@
 """Host time per call at tiny shapes, where the kernels cost next to nothing and what a call spends in
 Python, the dispatcher and autograd is the whole cost: ``python -m norm_ext.bench --overhead``.
 
-Each case is a torch module and its norm_ext twin with the same state, called as a user calls them,
-in three modes: the forward under ``torch.no_grad()``, the forward with parameters that require
-grad, and the forward plus ``backward()``. Both run in one process, interleaved round by round, and
-each reports the best round's mean, so that the two see the same machine. On CUDA the loop does not
+Each case is a torch module and its norm_ext twin with the same state (in training mode unless the
+case says eval), called as a user calls them, in three modes: the forward under ``torch.no_grad()``,
+the forward with parameters that require grad, and the forward plus ``backward()``. Both run in one
+process, interleaved round by round, and each reports the best round's mean, so that the two see the
+same machine. On CUDA the loop does not
 synchronize between calls: the tensors are tiny, so the GPU waits on the host and the time is host
 time per call.
 
@@ -37,6 +38,11 @@ class Case:
     torch_module: Callable[[], torch.nn.Module]
     ours_module: Callable[[], torch.nn.Module]
     aten_module: Callable[[], torch.nn.Module]
+    training: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {'x'.join(map(str, self.shape))}" + ("" if self.training else " eval")
 
 
 class _AtenLayerNorm(torch.nn.LayerNorm):
@@ -52,15 +58,31 @@ class _AtenRMSNorm(torch.nn.RMSNorm):
 class _AtenBatchNorm2d(torch.nn.BatchNorm2d):
     def forward(self, x):
         # The module's momentum and step count as torch.nn.BatchNorm2d keeps them (momentum set).
-        self.num_batches_tracked.add_(1)
+        if self.training:
+            self.num_batches_tracked.add_(1)
         return torch.ops.aten.batch_norm.default(
-            x, self.weight, self.bias, self.running_mean, self.running_var, True, self.momentum, self.eps, False
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            self.training,
+            self.momentum,
+            self.eps,
+            False,
         )
 
 
 class _AtenGroupNorm(torch.nn.GroupNorm):
     def forward(self, x):
         return torch.ops.aten.group_norm.default(x, self.num_groups, self.weight, self.bias, self.eps, False)
+
+
+class _AtenInstanceNorm2d(torch.nn.InstanceNorm2d):
+    def forward(self, x):
+        return torch.ops.aten.instance_norm.default(
+            x, self.weight, self.bias, self.running_mean, self.running_var, True, self.momentum, self.eps, False
+        )
 
 
 CASES = [
@@ -89,11 +111,26 @@ CASES = [
         lambda: _AtenBatchNorm2d(8),
     ),
     Case(
+        "BatchNorm2d",
+        (2, 8, 4, 4),
+        lambda: torch.nn.BatchNorm2d(8),
+        lambda: norm_ext.nn.BatchNorm2d(8),
+        lambda: _AtenBatchNorm2d(8),
+        training=False,
+    ),
+    Case(
         "GroupNorm",
         (2, 8, 4, 4),
         lambda: torch.nn.GroupNorm(4, 8),
         lambda: norm_ext.nn.GroupNorm(4, 8),
         lambda: _AtenGroupNorm(4, 8),
+    ),
+    Case(
+        "InstanceNorm2d",
+        (2, 8, 4, 4),
+        lambda: torch.nn.InstanceNorm2d(8, affine=True),
+        lambda: norm_ext.nn.InstanceNorm2d(8, affine=True),
+        lambda: _AtenInstanceNorm2d(8, affine=True),
     ),
 ]
 
@@ -127,6 +164,8 @@ def measure(device: str = "cpu", calls: int = 2000, rounds: int = 5) -> List[Dic
             "norm_ext": case.ours_module().to(device),
             "aten": case.aten_module().to(device),
         }
+        for m in modules.values():
+            m.train(case.training)
         # Same parameters, and the norm_ext module also loads the torch one's state_dict.
         for name in ("norm_ext", "aten"):
             modules[name].load_state_dict(modules["torch"].state_dict())
@@ -143,7 +182,7 @@ def measure(device: str = "cpu", calls: int = 2000, rounds: int = 5) -> List[Dic
                     best[k] = min(best[k], _loop(m, x, mode, calls // rounds))
             rows.append(
                 {
-                    "case": f"{case.name} {'x'.join(map(str, case.shape))}",
+                    "case": case.label,
                     "mode": mode,
                     "torch_us": best["torch"] * 1e6,
                     "norm_ext_us": best["norm_ext"] * 1e6,
