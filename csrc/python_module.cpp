@@ -24,6 +24,7 @@
 #include <optional>
 #include <tuple>
 
+#include "autograd/common.h"
 #include "common/dtype.h"
 #include "cpu/isa.h"
 
@@ -33,10 +34,7 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 using Shape = c10::SmallVector<c10::SymInt, 4>;
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
+using norm_ext::autograd::op_handle;
 
 // Argument readers: each returns false where the object is not the plain form, and the call declines.
 bool read(PyObject* o, const Tensor*& out) {
