@@ -29,6 +29,7 @@ CHILD = textwrap.dedent(
 
     keep_freed_memory()
     dtype = getattr(torch, sys.argv[1])
+    threads = torch.get_num_threads()  # each case starts with it; one sets 2
 
     def leaf(t):
         return t.detach().clone().requires_grad_(True)
@@ -100,7 +101,6 @@ CHILD = textwrap.dedent(
         else:
             raise ValueError(case)
 
-    threads = torch.get_num_threads()
     failures = []
     for case in sys.argv[2:]:
         try:
