@@ -11,54 +11,47 @@ using Tensors2 = std::tuple<Tensor, Tensor>;
 using Tensors3 = std::tuple<Tensor, Tensor, Tensor>;
 using Tensors4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 
-// What both formulas save: the forward's input, its per-channel mean and invstd, the weight and the
-// padding mask (absent in training), and whether a bias was given and its dtype.
-void save_batch_norm(AutogradContext* ctx, const Tensor& input, const Tensor& mean, const Tensor& invstd,
-                     const OptTensor& weight, const OptTensor& bias, const OptTensor& pad_mask) {
-  ctx->save_for_backward({input, mean, invstd, weight.value_or(Tensor()), pad_mask.value_or(Tensor())});
-  ctx->saved_data["bias_dtype"] =
-      bias.has_value() && bias->defined() ? std::optional<at::ScalarType>(bias->scalar_type()) : std::nullopt;
-}
-
-struct SavedBatchNorm {
-  Tensor input, mean, invstd;
-  OptTensor weight, pad_mask;
+// What both nodes save: the forward's input, its per-channel mean and invstd, the weight and the
+// padding mask (absent in training). Edges: input, weight, bias.
+class BatchNormBackwardBase : public NormNode<5> {
+ public:
   std::optional<at::ScalarType> bias_dtype;
+
+  void save_batch_norm(const Tensor& input, const Tensor& mean, const Tensor& invstd, const OptTensor& weight,
+                       const OptTensor& bias, const OptTensor& pad_mask) {
+    save(0, input);
+    save(1, mean);
+    save(2, invstd);
+    save(3, weight);
+    save(4, pad_mask);
+    if (bias.has_value() && bias->defined()) bias_dtype = bias->scalar_type();
+  }
+
+ protected:
+  void collect_attrs(CompiledNodeArgs& args) const override { args.collect(bias_dtype); }
+
+  struct Saved {
+    Tensor input, mean, invstd;
+    OptTensor weight, pad_mask;
+  };
+
+  Saved unpack() const { return {saved(0), saved(1), saved(2), saved_optional(3), saved_optional(4)}; }
+
+  // The parameters' gradients are the per-channel sums: sum(dy * x_hat) for the weight, sum(dy) for the bias.
+  bool wants_param_grads() const { return wants(1) || wants(2); }
+
+  std::pair<Tensor, Tensor> param_grads(const Saved& s, const Tensor& sum_dy, const Tensor& sum_dy_xhat) const {
+    return {wants(1) && s.weight.has_value() ? as_dtype(sum_dy_xhat, s.weight->scalar_type()) : Tensor(),
+            wants(2) && bias_dtype.has_value() ? as_dtype(sum_dy, *bias_dtype) : Tensor()};
+  }
 };
 
-SavedBatchNorm unpack_batch_norm(AutogradContext* ctx) {
-  const variable_list saved = ctx->get_saved_variables();
-  const c10::IValue bias_dtype = ctx->saved_data["bias_dtype"];
-  return {saved[0],
-          saved[1],
-          saved[2],
-          optional_of(saved[3]),
-          optional_of(saved[4]),
-          bias_dtype.isNone() ? std::nullopt : std::optional<at::ScalarType>(bias_dtype.toScalarType())};
-}
-
-// needs_input_grad counts the tensors that were passed: the weight's index is `weight_index` when it
-// was given, and the bias's follows it (or takes its place).
-bool wants_weight(AutogradContext* ctx, const SavedBatchNorm& s, int weight_index) {
-  return s.weight.has_value() && ctx->needs_input_grad(weight_index);
-}
-
-bool wants_bias(AutogradContext* ctx, const SavedBatchNorm& s, int weight_index) {
-  return s.bias_dtype.has_value() && ctx->needs_input_grad(s.weight.has_value() ? weight_index + 1 : weight_index);
-}
-
-// The parameters' gradients are the per-channel sums: sum(dy * x_hat) for the weight, sum(dy) for the bias.
-std::pair<Tensor, Tensor> param_grads(AutogradContext* ctx, const SavedBatchNorm& s, int weight_index,
-                                      const Tensor& sum_dy, const Tensor& sum_dy_xhat) {
-  return {wants_weight(ctx, s, weight_index) ? as_dtype(sum_dy_xhat, s.weight->scalar_type()) : Tensor(),
-          wants_bias(ctx, s, weight_index) ? as_dtype(sum_dy, *s.bias_dtype) : Tensor()};
-}
-
-Tensors2 backward_reduce(const Tensor& grad_out, const SavedBatchNorm& s) {
+Tensors2 backward_reduce(const Tensor& grad_out, const Tensor& input, const Tensor& mean, const Tensor& invstd,
+                         const OptTensor& pad_mask) {
   static const auto op =
       op_handle<Tensors2(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&)>(
           "norm_ext::batch_norm_backward_reduce");
-  return call_backward(op, grad_out, s.input, s.mean, s.invstd, s.pad_mask);
+  return call_backward(op, grad_out, input, mean, invstd, pad_mask);
 }
 
 Tensors4 batch_norm_train_below_autograd(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
@@ -78,33 +71,26 @@ Tensors4 batch_norm_train_below_autograd(const Tensor& input, const OptTensor& w
   return result;
 }
 
-class BatchNormTrainFunction : public torch::autograd::Function<BatchNormTrainFunction> {
+class BatchNormTrainBackward : public BatchNormBackwardBase {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
-                               const OptTensor& bias, double eps, const OptTensor& running_mean,
-                               const OptTensor& running_var, double momentum) {
-    auto [out, mean, m2, invstd] =
-        batch_norm_train_below_autograd(input, weight, bias, eps, running_mean, running_var, momentum);
-    ctx->mark_non_differentiable({mean, m2, invstd});
-    save_batch_norm(ctx, input, mean, invstd, weight, bias, std::nullopt);
-    return {out, mean, m2, invstd};
-  }
+  std::string name() const override { return "norm_ext::batch_norm_train_backward"; }
 
-  // One gradient per argument of forward: input, weight, bias, eps, running_mean, running_var,
-  // momentum. The parameters' gradients are the per-channel sums that the input's gradient needs anyway.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const SavedBatchNorm s = unpack_batch_norm(ctx);
+ protected:
+  // The parameters' gradients are the per-channel sums that the input's gradient needs anyway.
+  variable_list backward(variable_list&& grads) override {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
+    const Saved s = unpack();
     Tensor grad_input, sum_dy, sum_dy_xhat;
-    if (ctx->needs_input_grad(0)) {
+    if (wants(0)) {
       static const auto op =
           op_handle<Tensors3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&)>(
               "norm_ext::batch_norm_train_backward");
       std::tie(grad_input, sum_dy, sum_dy_xhat) = call_backward(op, grads[0], s.input, s.mean, s.invstd, s.weight);
     } else {
-      std::tie(sum_dy, sum_dy_xhat) = backward_reduce(grads[0], s);
+      std::tie(sum_dy, sum_dy_xhat) = backward_reduce(grads[0], s.input, s.mean, s.invstd, s.pad_mask);
     }
-    auto [grad_weight, grad_bias] = param_grads(ctx, s, 1, sum_dy, sum_dy_xhat);
-    return {grad_input, grad_weight, grad_bias, Tensor(), Tensor(), Tensor(), Tensor()};
+    auto [grad_weight, grad_bias] = param_grads(s, sum_dy, sum_dy_xhat);
+    return {grad_input, grad_weight, grad_bias};
   }
 };
 
@@ -113,8 +99,12 @@ Tensors4 batch_norm_train(const Tensor& input, const OptTensor& weight, const Op
   if (!any_requires_grad(input, weight, bias)) {
     return batch_norm_train_below_autograd(input, weight, bias, eps, running_mean, running_var, momentum);
   }
-  auto r = BatchNormTrainFunction::apply(input, weight, bias, eps, running_mean, running_var, momentum);
-  return {r[0], r[1], r[2], r[3]};
+  auto node = make_node<BatchNormTrainBackward>("batch_norm_train", input, weight, bias);
+  auto [out, mean, m2, invstd] =
+      batch_norm_train_below_autograd(input, weight, bias, eps, running_mean, running_var, momentum);
+  set_history(node, {out});
+  node->save_batch_norm(input, mean, invstd, weight, bias, std::nullopt);
+  return {out, mean, m2, invstd};
 }
 
 Tensor batch_norm_elemt_below_autograd(const Tensor& input, const Tensor& mean, const Tensor& invstd,
@@ -128,31 +118,27 @@ Tensor batch_norm_elemt_below_autograd(const Tensor& input, const Tensor& mean, 
 // Normalization by statistics that are not functions of the input (eval mode's running statistics,
 // whose gradients are not taken, as in torch): dx = weight * invstd * dy, and the parameters'
 // gradients are the per-channel sums.
-class BatchNormElemtFunction : public torch::autograd::Function<BatchNormElemtFunction> {
+class BatchNormElemtBackward : public BatchNormBackwardBase {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& mean, const Tensor& invstd,
-                               const OptTensor& weight, const OptTensor& bias, const OptTensor& pad_mask) {
-    Tensor out = batch_norm_elemt_below_autograd(input, mean, invstd, weight, bias, pad_mask);
-    save_batch_norm(ctx, input, mean, invstd, weight, bias, pad_mask);
-    return {out};
-  }
+  std::string name() const override { return "norm_ext::batch_norm_elemt_backward"; }
 
-  // One gradient per argument of forward: input, mean, invstd, weight, bias, pad_mask.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const SavedBatchNorm s = unpack_batch_norm(ctx);
+ protected:
+  variable_list backward(variable_list&& grads) override {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
+    const Saved s = unpack();
     Tensor grad_input, grad_weight, grad_bias;
-    if (wants_weight(ctx, s, 3) || wants_bias(ctx, s, 3)) {
-      auto [sum_dy, sum_dy_xhat] = backward_reduce(grads[0], s);
-      std::tie(grad_weight, grad_bias) = param_grads(ctx, s, 3, sum_dy, sum_dy_xhat);
+    if (wants_param_grads()) {
+      auto [sum_dy, sum_dy_xhat] = backward_reduce(grads[0], s.input, s.mean, s.invstd, s.pad_mask);
+      std::tie(grad_weight, grad_bias) = param_grads(s, sum_dy, sum_dy_xhat);
     }
-    if (ctx->needs_input_grad(0)) {
+    if (wants(0)) {
       static const auto op = op_handle<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                               const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&)>(
           "norm_ext::batch_norm_backward_elemt");
       grad_input =
           call_backward(op, grads[0], s.input, s.mean, s.invstd, s.weight, std::nullopt, std::nullopt, s.pad_mask);
     }
-    return {grad_input, Tensor(), Tensor(), grad_weight, grad_bias, Tensor()};
+    return {grad_input, grad_weight, grad_bias};
   }
 };
 
@@ -161,7 +147,11 @@ Tensor batch_norm_elemt(const Tensor& input, const Tensor& mean, const Tensor& i
   if (!any_requires_grad(input, weight, bias)) {
     return batch_norm_elemt_below_autograd(input, mean, invstd, weight, bias, pad_mask);
   }
-  return BatchNormElemtFunction::apply(input, mean, invstd, weight, bias, pad_mask)[0];
+  auto node = make_node<BatchNormElemtBackward>("batch_norm_elemt", input, weight, bias);
+  Tensor out = batch_norm_elemt_below_autograd(input, mean, invstd, weight, bias, pad_mask);
+  set_history(node, {out});
+  node->save_batch_norm(input, mean, invstd, weight, bias, pad_mask);
+  return out;
 }
 
 }  // namespace

@@ -15,35 +15,32 @@ GroupNormOutputs group_norm_below_autograd(const Tensor& input, int64_t num_grou
   return op.call(input, num_groups, weight, bias, eps, activation);
 }
 
-class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
+// Saves {input, mean, rstd, weight, bias}. Edges: input, weight, bias.
+class GroupNormBackward : public NormNode<5> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, int64_t num_groups, const OptTensor& weight,
-                               const OptTensor& bias, double eps, const std::optional<c10::string_view>& activation) {
-    auto [out, mean, rstd] = group_norm_below_autograd(input, num_groups, weight, bias, eps, activation);
-    ctx->mark_non_differentiable({mean, rstd});
-    ctx->save_for_backward({input, mean, rstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
-    ctx->saved_data["num_groups"] = num_groups;
-    if (activation.has_value()) ctx->saved_data["activation"] = std::string(*activation);
-    return {out, mean, rstd};
+  int64_t num_groups = 0;
+  std::optional<std::string> activation;
+
+  std::string name() const override { return "norm_ext::group_norm_backward"; }
+
+ protected:
+  void collect_attrs(CompiledNodeArgs& args) const override {
+    args.collect(num_groups);
+    args.collect(activation.value_or(std::string()));
   }
 
-  // One gradient per argument of forward: input, num_groups, weight, bias, eps, activation.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list backward(variable_list&& grads) override {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
     static const auto op =
         op_handle<GroupNormOutputs(const Tensor&, const Tensor&, int64_t, const Tensor&, const Tensor&,
                                    const OptTensor&, const OptTensor&, std::optional<c10::string_view>)>(
             "norm_ext::group_norm_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor& input = saved[0];
-    const OptTensor weight = optional_of(saved[3]);
-    const OptTensor bias = optional_of(saved[4]);
-    std::optional<std::string> activation;
-    if (ctx->saved_data.count("activation") != 0) activation = ctx->saved_data["activation"].toStringRef();
+    const OptTensor weight = saved_optional(3);
+    const OptTensor bias = saved_optional(4);
     auto [grad_input, grad_weight, grad_bias] =
-        call_backward(op, grads[0], input, ctx->saved_data["num_groups"].toInt(), saved[1], saved[2], weight, bias,
+        call_backward(op, grads[0], saved(0), num_groups, saved(1), saved(2), weight, bias,
                       activation.has_value() ? std::optional<c10::string_view>(*activation) : std::nullopt);
-    return {grad_input, Tensor(), weight.has_value() ? grad_weight : Tensor(), bias.has_value() ? grad_bias : Tensor(),
-            Tensor(),   Tensor()};
+    return {wants(0) ? grad_input : Tensor(), wants(1) ? grad_weight : Tensor(), wants(2) ? grad_bias : Tensor()};
   }
 };
 
@@ -52,8 +49,17 @@ GroupNormOutputs group_norm(const Tensor& input, int64_t num_groups, const OptTe
   if (!any_requires_grad(input, weight, bias)) {
     return group_norm_below_autograd(input, num_groups, weight, bias, eps, activation);
   }
-  auto r = GroupNormFunction::apply(input, num_groups, weight, bias, eps, activation);
-  return {r[0], r[1], r[2]};
+  auto node = make_node<GroupNormBackward>("group_norm", input, weight, bias);
+  auto [out, mean, rstd] = group_norm_below_autograd(input, num_groups, weight, bias, eps, activation);
+  set_history(node, {out});
+  node->num_groups = num_groups;
+  if (activation.has_value()) node->activation = std::string(*activation);
+  node->save(0, input);
+  node->save(1, mean);
+  node->save(2, rstd);
+  node->save(3, weight);
+  node->save(4, bias);
+  return {out, mean, rstd};
 }
 
 }  // namespace

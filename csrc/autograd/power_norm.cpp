@@ -15,32 +15,31 @@ Tensor power_norm_below_autograd(const Tensor& input, const Tensor& scale, const
   return op.call(input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw);
 }
 
-class PowerNormFunction : public torch::autograd::Function<PowerNormFunction> {
+// Saves {input, scale, weight, ema_gz, pad_mask}. Edges: input, scale (whose gradient is not
+// taken, see above), weight, bias.
+class PowerNormBackward : public NormNode<5> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& scale, const OptTensor& weight,
-                               const OptTensor& bias, const Tensor& ema_gz, const OptTensor& pad_mask,
-                               double alpha_bkw) {
-    Tensor out = power_norm_below_autograd(input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw);
-    ctx->save_for_backward({input, scale, weight.value_or(Tensor()), ema_gz, pad_mask.value_or(Tensor())});
-    ctx->saved_data["alpha_bkw"] = alpha_bkw;
-    ctx->saved_data["has_bias"] = bias.has_value();
-    return {out};
+  double alpha_bkw = 0;
+  bool has_bias = false;
+
+  std::string name() const override { return "norm_ext::power_norm_backward"; }
+
+ protected:
+  void collect_attrs(CompiledNodeArgs& args) const override {
+    args.collect(alpha_bkw);
+    args.collect(has_bias);
   }
 
-  // One gradient per argument of forward: input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list backward(variable_list&& grads) override {
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
     static const auto op = op_handle<std::tuple<Tensor, Tensor, Tensor>(
         const Tensor&, const Tensor&, const Tensor&, const OptTensor&, Tensor&, const OptTensor&, double, bool)>(
         "norm_ext::power_norm_backward");
-    variable_list saved = ctx->get_saved_variables();
-    const OptTensor weight = optional_of(saved[2]);
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const OptTensor weight = saved_optional(2);
+    Tensor ema_gz = saved(3);
     auto [grad_input, grad_weight, grad_bias] =
-        op.call(grads[0], saved[0], saved[1], weight, saved[3], optional_of(saved[4]),
-                ctx->saved_data["alpha_bkw"].toDouble(), has_bias);
-    return {
-        grad_input, Tensor(), weight.has_value() ? grad_weight : Tensor(), has_bias ? grad_bias : Tensor(), Tensor(),
-        Tensor(),   Tensor()};
+        op.call(grads[0], saved(0), saved(1), weight, ema_gz, saved_optional(4), alpha_bkw, has_bias);
+    return {grad_input, Tensor(), weight.has_value() ? grad_weight : Tensor(), has_bias ? grad_bias : Tensor()};
   }
 };
 
@@ -49,7 +48,17 @@ Tensor power_norm(const Tensor& input, const Tensor& scale, const OptTensor& wei
   if (!any_requires_grad(input, scale, weight, bias)) {
     return power_norm_below_autograd(input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw);
   }
-  return PowerNormFunction::apply(input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw)[0];
+  auto node = make_node<PowerNormBackward>("power_norm", input, scale, weight, bias);
+  Tensor out = power_norm_below_autograd(input, scale, weight, bias, ema_gz, pad_mask, alpha_bkw);
+  set_history(node, {out});
+  node->alpha_bkw = alpha_bkw;
+  node->has_bias = bias.has_value();
+  node->save(0, input);
+  node->save(1, scale);
+  node->save(2, weight);
+  node->save(3, ema_gz);
+  node->save(4, pad_mask);
+  return out;
 }
 
 }  // namespace

@@ -45,54 +45,48 @@ variable_list row_norm_below_autograd(const Tensor& input, const OptTensor& resi
   return {y, mean, rstd};
 }
 
-class RowNormFunction : public torch::autograd::Function<RowNormFunction> {
+// Saves {the input, h of the fused ops, or the output in memory-efficient mode; mean; rstd; weight;
+// bias}. Edges: input, residual, weight, bias.
+class RowNormBackward : public NormNode<5> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& residual,
-                               c10::SymIntArrayRef shape, const OptTensor& weight, const OptTensor& bias, double eps,
-                               std::optional<at::ScalarType> residual_dtype, bool zero_centered, bool memory_efficient,
-                               bool rms) {
-    variable_list outs = row_norm_below_autograd(input, residual, shape, weight, bias, eps, residual_dtype,
-                                                 zero_centered, memory_efficient, rms);
-    const bool fused = residual.has_value();
-    const Tensor& rstd = outs.back();
-    const Tensor mean = rms ? Tensor() : outs[outs.size() - 2];
-    // The statistics are saved for the backward, never differentiated; an output nobody
-    // differentiates (h of the fused ops when only y is used) reaches backward undefined instead of
-    // as zeros of its full size, which the backward op would read and add.
-    ctx->mark_non_differentiable(rms ? variable_list{rstd} : variable_list{mean, rstd});
-    ctx->set_materialize_grads(false);
-    const Tensor& stream = fused ? outs[1] : input;
-    ctx->save_for_backward(
-        {memory_efficient ? outs[0] : stream, mean, rstd, weight.value_or(Tensor()), bias.value_or(Tensor())});
-    ctx->saved_data["norm_dims"] = static_cast<int64_t>(shape.size());
-    ctx->saved_data["input_dtype"] = input.scalar_type();
-    ctx->saved_data["residual_dtype"] = fused ? residual->scalar_type() : input.scalar_type();
-    ctx->saved_data["flags"] = static_cast<int64_t>(zero_centered) | static_cast<int64_t>(memory_efficient) << 1 |
-                               static_cast<int64_t>(rms) << 2 | static_cast<int64_t>(fused) << 3;
-    return outs;
+  int64_t norm_dims = 0;
+  // The dtypes of the input and residual arguments and of h, the residual stream.
+  at::ScalarType input_dtype = at::kFloat, residual_dtype = at::kFloat, stream_dtype = at::kFloat;
+  bool zero_centered = false, memory_efficient = false, rms = false, fused = false;
+
+  std::string name() const override {
+    return std::string(fused ? "norm_ext::add_" : "norm_ext::") + (rms ? "rms_norm" : "layer_norm") + "_backward";
   }
 
-  // One gradient per argument of forward: input, residual, normalized_shape, weight, bias, eps,
-  // residual_dtype, zero_centered_weight, memory_efficient, rms.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved_vars = ctx->get_saved_variables();
-    const Tensor& saved = saved_vars[0];
-    const Tensor& mean = saved_vars[1];
-    const Tensor& rstd = saved_vars[2];
-    const OptTensor weight = optional_of(saved_vars[3]);
-    const OptTensor bias = optional_of(saved_vars[4]);
-    const int64_t flags = ctx->saved_data["flags"].toInt();
-    const bool zero_centered = flags & 1, memory_efficient = flags & 2, rms = flags & 4, fused = flags & 8;
-    const at::ScalarType input_dtype = ctx->saved_data["input_dtype"].toScalarType();
-    const int64_t norm_dims = ctx->saved_data["norm_dims"].toInt();
-    const c10::SymIntArrayRef shape = saved.sym_sizes().slice(saved.dim() - norm_dims);
+ protected:
+  void collect_attrs(CompiledNodeArgs& args) const override {
+    args.collect(norm_dims);
+    args.collect(input_dtype);
+    args.collect(residual_dtype);
+    args.collect(stream_dtype);
+    args.collect(zero_centered);
+    args.collect(memory_efficient);
+    args.collect(rms);
+    args.collect(fused);
+  }
 
+  variable_list backward(variable_list&& grads) override {
+    const Tensor stream = saved(0);
+    const Tensor mean = saved(1);
+    const Tensor rstd = saved(2);
+    const OptTensor weight = saved_optional(3);
+    const OptTensor bias = saved_optional(4);
+    const c10::SymIntArrayRef shape = stream.sym_sizes().slice(stream.dim() - norm_dims);
+
+    // An output nobody differentiates reaches here undefined (h of the fused ops when only y is
+    // used), not as zeros of its full size that the backward op would read and add.
     Tensor grad_out = grads[0];
-    if (!grad_out.defined()) grad_out = at::zeros_symint(saved.sym_sizes(), saved.options().dtype(input_dtype));
+    if (!grad_out.defined()) grad_out = at::zeros_symint(stream.sym_sizes(), stream.options().dtype(input_dtype));
     const Tensor grad_stream = fused ? grads[1] : Tensor();
     // The backward op adds grad_residual in the saved tensor's dtype; in memory-efficient mode the
-    // saved tensor is the output, whose dtype can differ from the residual stream's.
-    const bool fuse_grad_stream = grad_stream.defined() && grad_stream.scalar_type() == saved.scalar_type();
+    // saved tensor is the output, whose dtype can differ from the residual stream's. The choice reads
+    // the dtypes of the forward, not the gradient's: compiled autograd's capture passes placeholders.
+    const bool fuse_grad_stream = grad_stream.defined() && stream_dtype == stream.scalar_type();
     const OptTensor grad_residual = fuse_grad_stream ? OptTensor(grad_stream) : std::nullopt;
 
     Tensor grad_h, grad_weight, grad_bias;
@@ -101,28 +95,18 @@ class RowNormFunction : public torch::autograd::Function<RowNormFunction> {
           op_handle<Tensors2(const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&, const OptTensor&, bool,
                              bool, const OptTensor&)>("norm_ext::rms_norm_backward");
       std::tie(grad_h, grad_weight) =
-          call_backward(op, grad_out, saved, shape, rstd, weight, zero_centered, memory_efficient, grad_residual);
+          call_backward(op, grad_out, stream, shape, rstd, weight, zero_centered, memory_efficient, grad_residual);
     } else {
       static const auto op =
           op_handle<Tensors3(const Tensor&, const Tensor&, c10::SymIntArrayRef, const Tensor&, const Tensor&,
                              const OptTensor&, const OptTensor&, bool, bool, const OptTensor&)>(
               "norm_ext::layer_norm_backward");
-      std::tie(grad_h, grad_weight, grad_bias) = call_backward(op, grad_out, saved, shape, mean, rstd, weight, bias,
+      std::tie(grad_h, grad_weight, grad_bias) = call_backward(op, grad_out, stream, shape, mean, rstd, weight, bias,
                                                                zero_centered, memory_efficient, grad_residual);
     }
-    if (grad_stream.defined() && !fuse_grad_stream) grad_h = as_dtype(grad_h, grad_stream.scalar_type()) + grad_stream;
-    const Tensor grad_input = as_dtype(grad_h, input_dtype);
-    const Tensor grad_res = fused ? as_dtype(grad_h, ctx->saved_data["residual_dtype"].toScalarType()) : Tensor();
-    return {grad_input,
-            grad_res,
-            Tensor(),
-            weight.has_value() ? grad_weight : Tensor(),
-            bias.has_value() ? grad_bias : Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
+    if (grad_stream.defined() && !fuse_grad_stream) grad_h = as_dtype(grad_h, stream_dtype) + grad_stream;
+    return {wants(0) ? as_dtype(grad_h, input_dtype) : Tensor(), wants(1) ? as_dtype(grad_h, residual_dtype) : Tensor(),
+            wants(2) ? grad_weight : Tensor(), wants(3) ? grad_bias : Tensor()};
   }
 };
 
@@ -130,13 +114,41 @@ variable_list row_norm_autograd(const Tensor& input, const OptTensor& residual, 
                                 const OptTensor& weight, const OptTensor& bias, double eps,
                                 std::optional<at::ScalarType> residual_dtype, bool zero_centered, bool memory_efficient,
                                 bool rms) {
-  // Nothing to differentiate (inference, no_grad): skip building the graph node.
+  // Nothing to differentiate (inference, no_grad): no graph node.
   if (!any_requires_grad(input, residual, weight, bias)) {
     return row_norm_below_autograd(input, residual, shape, weight, bias, eps, residual_dtype, zero_centered,
                                    memory_efficient, rms);
   }
-  return RowNormFunction::apply(input, residual, shape, weight, bias, eps, residual_dtype, zero_centered,
-                                memory_efficient, rms);
+  const bool fused = residual.has_value();
+  auto node =
+      make_node<RowNormBackward>(fused ? (rms ? "add_rms_norm" : "add_layer_norm") : (rms ? "rms_norm" : "layer_norm"),
+                                 input, residual, weight, bias);
+  variable_list outs = row_norm_below_autograd(input, residual, shape, weight, bias, eps, residual_dtype, zero_centered,
+                                               memory_efficient, rms);
+  // y, and h of the fused ops; the statistics are saved for the backward, never differentiated.
+  if (fused) {
+    set_history(node, {outs[0], outs[1]});
+  } else {
+    set_history(node, {outs[0]});
+  }
+  node->norm_dims = static_cast<int64_t>(shape.size());
+  node->input_dtype = input.scalar_type();
+  node->residual_dtype = fused ? residual->scalar_type() : input.scalar_type();
+  node->stream_dtype = fused ? outs[1].scalar_type() : input.scalar_type();
+  node->zero_centered = zero_centered;
+  node->memory_efficient = memory_efficient;
+  node->rms = rms;
+  node->fused = fused;
+  if (memory_efficient) {
+    node->save(0, outs[0], /*is_output=*/true);
+  } else {
+    node->save(0, fused ? outs[1] : input, /*is_output=*/fused);
+  }
+  if (!rms) node->save(1, outs[outs.size() - 2]);
+  node->save(2, outs.back());
+  node->save(3, weight);
+  node->save(4, bias);
+  return outs;
 }
 
 Tensors3 layer_norm(const Tensor& input, c10::SymIntArrayRef shape, const OptTensor& weight, const OptTensor& bias,

@@ -13,35 +13,36 @@ Tensors2 weight_norm_below_autograd(const Tensor& v, const Tensor& g, std::optio
   return op.call(v, g, dim);
 }
 
-class WeightNormFunction : public torch::autograd::Function<WeightNormFunction> {
+// Saves {v, g, norm}. Edges: v, g.
+class WeightNormBackward : public NormNode<3> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& v, const Tensor& g, std::optional<int64_t> dim) {
-    auto [w, norm] = weight_norm_below_autograd(v, g, dim);
-    ctx->mark_non_differentiable({norm});
-    ctx->set_materialize_grads(false);
-    ctx->save_for_backward({v, g, norm});
-    if (dim.has_value()) ctx->saved_data["dim"] = *dim;
-    return {w, norm};
-  }
+  std::optional<int64_t> dim;
 
-  // One gradient per argument of forward: v, g, dim.
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
+  std::string name() const override { return "norm_ext::weight_norm_backward"; }
+
+ protected:
+  void collect_attrs(CompiledNodeArgs& args) const override { args.collect(dim); }
+
+  variable_list backward(variable_list&& grads) override {
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
     static const auto op =
         op_handle<Tensors2(const Tensor&, const Tensor&, const Tensor&, const Tensor&, std::optional<int64_t>)>(
             "norm_ext::weight_norm_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    const std::optional<int64_t> dim =
-        ctx->saved_data.count("dim") != 0 ? std::optional<int64_t>(ctx->saved_data["dim"].toInt()) : std::nullopt;
-    auto [grad_v, grad_g] = call_backward(op, grads[0], saved[0], saved[1], saved[2], dim);
-    return {grad_v, grad_g, Tensor()};
+    auto [grad_v, grad_g] = call_backward(op, grads[0], saved(0), saved(1), saved(2), dim);
+    return {grad_v, grad_g};
   }
 };
 
 Tensors2 weight_norm(const Tensor& v, const Tensor& g, std::optional<int64_t> dim) {
   if (!any_requires_grad(v, g)) return weight_norm_below_autograd(v, g, dim);
-  auto r = WeightNormFunction::apply(v, g, dim);
-  return {r[0], r[1]};
+  auto node = make_node<WeightNormBackward>("weight_norm", v, g);
+  auto [w, norm] = weight_norm_below_autograd(v, g, dim);
+  set_history(node, {w});
+  node->dim = dim;
+  node->save(0, v);
+  node->save(1, g);
+  node->save(2, norm);
+  return {w, norm};
 }
 
 }  // namespace
