@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -270,13 +271,19 @@ void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_
                       at::opmath_type<in_t>* db_out, int64_t rows, int64_t cols, bool saved_is_output, bool rms) {
   using acc_t = at::opmath_type<in_t>;
   const int64_t num_blocks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
-  std::vector<acc_t> dw_partial(dw_out ? num_blocks * cols : 0, acc_t(0));
-  std::vector<acc_t> db_partial(db_out ? num_blocks * cols : 0, acc_t(0));
+  // One block (a single row, or a single thread) accumulates straight into the outputs; more keep a
+  // partial row each, summed after. At decoding sizes the partials' fill and sum cost more than the row.
+  const bool direct = num_blocks == 1;
+  std::vector<acc_t> dw_partial(dw_out && !direct ? num_blocks * cols : 0, acc_t(0));
+  std::vector<acc_t> db_partial(db_out && !direct ? num_blocks * cols : 0, acc_t(0));
+  for (acc_t* out : {dw_out, db_out}) {
+    if (direct && out != nullptr) std::memset(out, 0, cols * sizeof(acc_t));
+  }
   const std::vector<acc_t> ones(w ? 0 : cols, acc_t(1)), zeros(b ? 0 : cols, acc_t(0));
   const acc_t* const w_or_ones = w ? w : ones.data();
   const acc_t* const b_or_zeros = b ? b : zeros.data();
-  acc_t* const dw_base = dw_out ? dw_partial.data() : nullptr;
-  acc_t* const db_base = db_out ? db_partial.data() : nullptr;
+  acc_t* const dw_base = direct ? dw_out : (dw_out ? dw_partial.data() : nullptr);
+  acc_t* const db_base = direct ? db_out : (db_out ? db_partial.data() : nullptr);
   const bool stream = should_stream(dx, rows * cols);
 
   at::parallel_for(0, num_blocks, 1, [=](int64_t block_begin, int64_t block_end) {
@@ -297,7 +304,7 @@ void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_
   });
 
   const auto reduce_partials = [&](const std::vector<acc_t>& partial, acc_t* out) {
-    if (out == nullptr) return;
+    if (out == nullptr || direct) return;
     at::parallel_for(0, cols, kGrainElements, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         acc_t s = 0;
