@@ -13,6 +13,8 @@
 // tensor subclasses and __torch_function__ and words the errors for malformed arguments. Under
 // torch.compile the caller never comes here: Dynamo traces the general path.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
@@ -21,6 +23,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <cmath>
 #include <optional>
 #include <tuple>
 
@@ -296,6 +299,27 @@ PyObject* instance_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+// 1 / sqrt(running_var + eps) in the accumulation dtype. On the CPU a loop over the channels:
+// var.add(eps) alone runs a TensorIterator that type-promotes the scalar through a copy, which cost
+// eval-mode BatchNorm more host time than the normalization. The loop's output is allocated below
+// the dispatcher, so that under a torch.func transform (whose wrappers hold no storage) it is a
+// constant, as a buffer would be.
+Tensor eval_invstd(const Tensor& running_var, double eps, at::ScalarType acc) {
+  if (!running_var.is_cpu() || !running_var.has_storage() || running_var.scalar_type() != acc ||
+      !running_var.is_contiguous()) {
+    return norm_ext::as_dtype(running_var, acc).add(eps).rsqrt_();
+  }
+  Tensor invstd = at::detail::empty_cpu(running_var.sizes(), acc, /*pin_memory=*/false, std::nullopt);
+  AT_DISPATCH_FLOATING_TYPES(acc, "norm_ext_eval_invstd", [&] {
+    const scalar_t* var = running_var.const_data_ptr<scalar_t>();
+    scalar_t* out = invstd.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < running_var.numel(); ++c) {
+      out[c] = scalar_t(1) / std::sqrt(var[c] + static_cast<scalar_t>(eps));
+    }
+  });
+  return invstd;
+}
+
 // norm_ext.functional's batch norm without padding or a process group: in training the op that also
 // updates the running statistics, in eval the normalization by them. The calls Python words an
 // error for (a single value per channel, missing or misshapen running statistics in eval, momentum
@@ -326,7 +350,7 @@ PyObject* batch_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
                                           const OptTensor&, const OptTensor&)>("norm_ext::batch_norm_elemt");
   return call_and_wrap_first([&] {
     const at::ScalarType acc = input->scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    const Tensor invstd = norm_ext::as_dtype(*running_var, acc).add(eps).rsqrt_();
+    const Tensor invstd = eval_invstd(*running_var, eps, acc);
     return std::make_tuple(op.call(*input, norm_ext::as_dtype(*running_mean, acc), invstd, weight, bias, std::nullopt));
   });
   END_HANDLE_TH_ERRORS
