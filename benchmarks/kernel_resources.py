@@ -112,7 +112,9 @@ def extension_path() -> str:
 
 
 def _dump(cuobjdump: str, flag: str, binary: str) -> str:
-    done = subprocess.run([cuobjdump, flag, binary], capture_output=True, text=True)
+    # Only the sm_90 code: the default build (TORCH_CUDA_ARCH_LIST "8.0;9.0+PTX") also holds each
+    # kernel for sm_80, under the same name, with other register counts and spills.
+    done = subprocess.run([cuobjdump, "-arch", "sm_90", flag, binary], capture_output=True, text=True)
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise SystemExit(f"cuobjdump {flag} {binary} failed ({detail}): is it a build with NORM_EXT_CUDA=1?")
