@@ -211,6 +211,21 @@ def test_long_rows_with_large_offset_keep_their_variance(cols, device):
     assert float((y.double() - y64).abs().max()) < 1e-3
 
 
+@pytest.mark.parametrize("rows,cols", [(8, 768), (64, 1024), (3, 40000)], ids=["one-block", "two-blocks", "few-rows"])
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_cpu_backward_blocks(kind, rows, cols):
+    # The CPU backward sums dγ/dβ straight into the outputs below a grain of 32K elements, and over
+    # partial rows of two threads' blocks above it (csrc/cpu/row_norm_kernel_impl.h); both at two threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(rows, cols) * 2 + 0.5
+        w, b = _params((cols,), torch.float32, "cpu")
+        _check_forward_backward(kind, x, (cols,), w, b, 1e-5, torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 def test_bf16_subnormal_outputs_keep_parity(kind, device):

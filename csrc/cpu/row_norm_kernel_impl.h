@@ -270,9 +270,11 @@ void row_norm_bwd_cpu(const in_t* dy, const saved_t* saved, const saved_t* grad_
                       const at::opmath_type<in_t>* w, const at::opmath_type<in_t>* b, at::opmath_type<in_t>* dw_out,
                       at::opmath_type<in_t>* db_out, int64_t rows, int64_t cols, bool saved_is_output, bool rms) {
   using acc_t = at::opmath_type<in_t>;
-  const int64_t num_blocks = std::max<int64_t>(1, std::min<int64_t>(rows, at::get_num_threads()));
-  // One block (a single row, or a single thread) accumulates straight into the outputs; more keep a
-  // partial row each, summed after. At decoding sizes the partials' fill and sum cost more than the row.
+  // A block of rows per thread, but no more blocks than grains of elements, as the forward splits:
+  // below a grain, a second thread's wake-up and the partial rows' fill and sum cost more than the rows.
+  const int64_t by_size = std::max<int64_t>(1, rows * cols / kGrainElements);
+  const int64_t num_blocks = std::max<int64_t>(1, std::min<int64_t>({rows, at::get_num_threads(), by_size}));
+  // One block accumulates straight into the outputs; more keep a partial row each, summed after.
   const bool direct = num_blocks == 1;
   std::vector<acc_t> dw_partial(dw_out && !direct ? num_blocks * cols : 0, acc_t(0));
   std::vector<acc_t> db_partial(db_out && !direct ? num_blocks * cols : 0, acc_t(0));
